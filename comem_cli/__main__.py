@@ -1,0 +1,3 @@
+from comem_cli.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The agent loop: prepare the view -> query the model -> parse the action -> execute -> observe -> record.
+
+Control flow by exceptions (RunEnded subclasses); the loop itself stays flat. The three side
+effects sit behind small interfaces: `Model.query`, `Environment.execute`, and `Context` (which
+decides what the model sees: full history, masked, or summarized by the memory pipeline).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from comem_cli.config import AgentConfig
+from comem_cli.errors import (
+    CostLimit, FormatError, Interrupted, RunEnded, StepLimit, Submitted, TimeLimit, TooManyFormatErrors,
+)
+from comem_cli.rollouts import RunWriter, Span, StepRecord, ViewInfo
+from comem_cli.templates import render
+from comem_cli.views import View
+
+SUBMIT_MARKER = "COMEM_SUBMIT"
+_BASH_BLOCK = re.compile(r"```bash[ \t]*\n(.*?)\n?```", re.DOTALL)
+
+
+class Model(Protocol):
+    cost: float
+
+    def query(self, messages: list[dict[str, str]]) -> Any: ...  # -> models.ModelReply
+
+
+class Environment(Protocol):
+    def execute(self, command: str, timeout: int | None = None) -> Any: ...  # -> sandbox.ExecResult
+
+    def diff(self) -> str: ...
+
+
+class Context(Protocol):
+    """Builds each step's view; the memory pipeline implements this for the summarizing arms."""
+
+    def prepare(self, steps: list[StepRecord]) -> tuple[View, list[dict[str, Any]]]: ...
+
+    def completed(self, steps: list[StepRecord]) -> None: ...
+
+    def close(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class RunResult:
+    status: str
+    message: str = ""
+    patch: str = ""
+    steps: list[StepRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.steps)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(s.prompt_tokens for s in self.steps)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.steps)
+
+
+def parse_action(reply: str) -> str:
+    """The single bash command of a reply; FormatError if there is not exactly one block."""
+    blocks = _BASH_BLOCK.findall(reply)
+    if len(blocks) != 1:
+        raise FormatError(f"found {len(blocks)} ```bash blocks in your reply, expected exactly one")
+    if not blocks[0].strip():
+        raise FormatError("the ```bash block is empty")
+    return blocks[0].strip()
+
+
+def cut_middle(text: str, max_chars: int) -> str:
+    """Keep the head and the tail of a long text, with a note saying how much was elided."""
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return render("truncated.j2", head=text[:half], tail=text[-half:], elided=len(text) - 2 * half)
+
+
+class Agent:
+    def __init__(self, model: Model, env: Environment, context: Context, writer: RunWriter, config: AgentConfig,
+                 *, command_timeout: int = 120, on_step: Callable[[StepRecord], None] | None = None):
+        self.model, self.env, self.context, self.writer, self.config = model, env, context, writer, config
+        self.command_timeout = command_timeout
+        self.on_step = on_step
+        self.steps: list[StepRecord] = []
+        self.format_errors = 0
+        self.started = 0.0
+
+    def run(self) -> RunResult:
+        """Step until something ends the run; the patch is taken on every exit path."""
+        self.started = time.time()
+        result = RunResult(status="error")
+        try:
+            while True:
+                self.step()
+        except RunEnded as e:
+            result.status, result.message = e.status, str(e)
+        except KeyboardInterrupt:
+            result.status, result.message = Interrupted.status, "interrupted by signal"
+        finally:
+            result.memory = self.context.close()
+            try:
+                result.patch = self.env.diff()
+            except Exception as e:  # the sandbox may be gone; the trajectory still stands
+                result.message = (result.message + f"; patch not taken: {e}").strip("; ")
+            result.steps = self.steps
+            result.wall_s = time.time() - self.started
+        return result
+
+    def check_limits(self) -> None:
+        c = self.config
+        if len(self.steps) >= c.max_steps:
+            raise StepLimit(f"reached {c.max_steps} steps")
+        if c.cost_limit and self.model.cost >= c.cost_limit:
+            raise CostLimit(f"spent ${self.model.cost:.2f} of ${c.cost_limit:.2f}")
+        if time.time() - self.started >= c.time_limit_s:
+            raise TimeLimit(f"ran {c.time_limit_s:.0f} s")
+
+    def step(self) -> None:
+        self.check_limits()
+        view, events = self.context.prepare(self.steps)
+        reply = self.model.query(view.messages)
+        record = StepRecord(
+            step=len(self.steps),
+            view=ViewInfo(summary_cutoff=view.summary_cutoff, raw_start=view.raw_start, raw_end=view.raw_end,
+                          masked=list(view.masked), n_messages=len(view.messages), prompt_tokens=reply.prompt_tokens),
+            response=reply.content,
+            model=Span(start=reply.start, end=reply.end),
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            cost=reply.cost,
+            memory=events,
+        )
+        submitted = False
+        try:
+            record.action = parse_action(reply.content)
+            self.format_errors = 0
+        except FormatError as e:
+            self.format_errors += 1
+            record.format_error = str(e)
+            record.observation = render("format_error.j2", error=str(e))
+        if record.action is not None:
+            result = self.env.execute(record.action, timeout=self.command_timeout)
+            record.command = Span(start=result.start, end=result.end)
+            record.returncode, record.timed_out, record.output_chars = result.returncode, result.timed_out, len(result.output)
+            record.observation = render("observation.j2", returncode=result.returncode, timed_out=result.timed_out,
+                                        timeout=self.command_timeout,
+                                        output=cut_middle(result.output, self.config.max_observation_chars))
+            submitted = result.output.lstrip().splitlines()[:1] == [SUBMIT_MARKER]
+        self.steps.append(record)
+        self.writer.append(record)
+        self.context.completed(self.steps)
+        if self.on_step:
+            self.on_step(record)
+        if submitted:
+            raise Submitted("the agent submitted")
+        if self.format_errors >= self.config.max_format_errors:
+            raise TooManyFormatErrors(f"{self.format_errors} format errors in a row")

@@ -1,0 +1,136 @@
+"""The `comem` command line (Typer). Thin: parse flags into config objects, call one function, print.
+
+Heavy modules (litellm, docker, torch, vllm) are imported inside the commands, so `comem --help`
+starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from comem_cli.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="comem: a coding agent whose prompt stays short while a small memory model summarizes in the background.")
+sandbox_app = typer.Typer(no_args_is_help=True, help="Build or clean up the Docker sandbox.")
+app.add_typer(sandbox_app, name="sandbox")
+
+EXIT_CODES = {"submitted": 0, "interrupted": 130}
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@app.command()
+def fix(
+    issue: str = typer.Option(..., "--issue", "-i", help="GitHub issue number, issue URL, a text/markdown file, or - for stdin."),
+    repo: Path = typer.Option(Path("."), "--repo", "-r", help="The git repository to fix (its working tree is copied into the sandbox)."),
+    model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model, a litellm name (e.g. anthropic/claude-sonnet-4-5, openai/<name>)."),
+    api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model."),
+    image: str = typer.Option(None, "--image", help="Sandbox Docker image [default: comem-sandbox:latest]."),
+    max_steps: int = typer.Option(100, "--max-steps", min=1),
+    cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0, help="Dollars; 0 for no limit. Unknown prices count as 0."),
+    timeout: int = typer.Option(120, "--timeout", min=1, help="Per-command timeout in seconds."),
+    time_limit: float = typer.Option(3600.0, "--time-limit", min=1.0, help="Wall-clock limit of the whole run in seconds."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are written."),
+    branch: Optional[str] = typer.Option(None, "--branch", "-b", help="Branch for the fix [default: comem/issue-<n> or a slug]."),
+    apply: bool = typer.Option(True, "--apply/--no-apply", help="Commit the patch on a new branch (never touches your current branch)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the branch if it exists."),
+    network: bool = typer.Option(False, "--network/--no-network", help="Give the sandbox network access (off by default)."),
+    github_api: Optional[str] = typer.Option(None, "--github-api", envvar="COMEM_GITHUB_API", help="GitHub API base (GitHub Enterprise: https://HOST/api/v3)."),
+    memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | comem."),
+    k: int = typer.Option(2, "--k", min=0, help="comem: steps a summary may lag behind (0 = synchronous)."),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: k, or 1 when k=0]."),
+    raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
+    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers."),
+    memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
+    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE"),
+):
+    """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
+    from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
+    from comem_cli.issues import resolve_issue
+    from comem_cli.repo import UserRepo
+    from comem_cli.run import fix as run_fix
+    from comem_cli.ui import console, print_step, run_table
+
+    if memory not in ("full", "mask", "sync", "comem"):
+        raise UserError(f"--memory must be one of full, mask, sync, comem (got {memory!r})")
+    if memory_backend not in ("auto", "vllm", "openai", "transformers"):
+        raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
+    config = RunConfig(
+        model=ModelConfig(name=model or DEFAULT_MODEL, api_base=api_base),
+        sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout),
+        agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
+        memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
+                            model=memory_model, api_base=memory_api_base),
+    )
+    user_repo = UserRepo(repo)
+    the_issue = resolve_issue(issue, origin_url=user_repo.origin_url(), api_base=github_api)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+    def on_start(run_dir: Path, image_name: str) -> None:
+        console.print(f"[bold]comem fix[/bold] {the_issue.title[:70]!r} · model {config.model.name} · "
+                      f"memory {config.memory.arm} · sandbox {image_name}\n[dim]run dir {run_dir}[/dim]")
+
+    outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
+                      on_step=print_step, on_start=on_start)
+    console.print(run_table(outcome))
+    raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
+
+
+@sandbox_app.command("build")
+def sandbox_build(force: bool = typer.Option(False, "--force", help="Rebuild even if the images exist.")):
+    """Build the sandbox images locally (debootstrap base + sandbox/Dockerfile; no registry needed)."""
+    import subprocess
+
+    from comem_cli.resources import resource_dir
+    from comem_cli.sandbox import docker_client
+
+    docker_client()
+    env = {**os.environ, "FORCE": "1" if force else "0"}
+    rc = subprocess.call(["bash", str(resource_dir("sandbox") / "build.sh")], env=env)
+    if rc:
+        raise UserError(f"sandbox image build failed (exit {rc}); see the messages above")
+
+
+@sandbox_app.command("prune")
+def sandbox_prune():
+    """Remove leftover comem containers (found by their label)."""
+    from comem_cli.sandbox import prune
+    from comem_cli.ui import console
+
+    removed = prune()
+    console.print(f"removed {len(removed)} container(s)" + (": " + ", ".join(removed) if removed else ""))
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("comem-demo"), "--dir", help="Where to create the example repository."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o"),
+):
+    """Fix a bundled example repository with a RECORDED REPLAY of the main model (no API key needed)."""
+    from comem_cli.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir, output))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        print(f"comem: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("comem: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Settings shared by the commands, as pydantic models.
+
+The CLI turns flags into these objects and hands them down; nothing below the CLI reads flags or
+environment variables for behaviour, which keeps the agent, sandbox and memory code testable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+DEFAULT_IMAGE = "comem-sandbox:latest"
+DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
+
+Arm = Literal["full", "mask", "sync", "comem"]
+
+
+class ModelConfig(BaseModel):
+    """The main model, reached through litellm."""
+
+    name: str = DEFAULT_MODEL
+    api_base: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 4096
+    retries: int = 4  # transient errors (rate limit, 5xx, connection) are retried with backoff
+    backoff_s: float = 1.0
+    timeout_s: float = 600.0
+
+
+class SandboxConfig(BaseModel):
+    """One Docker container per run; limits keep a runaway command from hurting the host."""
+
+    image: str = DEFAULT_IMAGE
+    network: bool = False
+    cpus: float = 2.0
+    memory: str = "4g"
+    pids: int = 512
+    command_timeout_s: int = 120
+    workdir: str = "/testbed"
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class AgentConfig(BaseModel):
+    """Limits of the agent loop. A limit that is hit ends the run with its own exit status."""
+
+    max_steps: int = 100
+    cost_limit: float = 3.0  # dollars; 0 = no limit. Models with unknown prices count as free.
+    time_limit_s: float = 3600.0
+    max_format_errors: int = 3  # in a row
+    max_observation_chars: int = 10_000
+
+
+class MemoryConfig(BaseModel):
+    """How the main model's prompt is kept bounded (SPEC section 3)."""
+
+    arm: Arm = "full"
+    k: int = Field(2, ge=0)  # a summary launched after step n may be waited for no earlier than n + k
+    every: int | None = Field(None, ge=1)  # launch period; default k (1 when k = 0)
+    raw_budget: int = Field(12_000, ge=256)  # tokens of raw tail a view may carry
+    mask_window: int = Field(5, ge=0)  # `mask` arm: observations older than this many steps are elided
+    backend: Literal["auto", "vllm", "openai", "transformers"] = "auto"
+    model: str | None = None
+    api_base: str | None = None
+    max_summary_tokens: int = 2048
+    timeout_s: float = 300.0  # a memory job older than this is given up (the run goes on)
+    max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them
+    incremental: bool = False  # summarize previous summary + new steps instead of the whole history
+
+    @model_validator(mode="after")
+    def _default_every(self) -> "MemoryConfig":
+        if self.every is None:
+            self.every = max(self.k, 1)
+        if self.arm == "sync":
+            self.k = 0
+        return self
+
+
+class RunConfig(BaseModel):
+    """Everything one `comem fix` run needs; stored verbatim in meta.json."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)

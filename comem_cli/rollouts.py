@@ -1,0 +1,148 @@
+"""The trajectory format: what every step records, written step by step, read back for bench/train/report.
+
+A run directory holds:
+- `trajectory.jsonl`: one `StepRecord` per line, appended and flushed (fsync) as each step ends, so
+  a killed run keeps every finished step;
+- `meta.json`: the run's config, prompts (system + task, enough to rebuild every view), exit status
+  and totals, written atomically at start and at the end;
+- `patch.diff`: the final patch.
+
+Timestamps are wall-clock seconds since the epoch (time.time()), so timelines from several
+threads and processes line up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+TRAJECTORY = "trajectory.jsonl"
+META = "meta.json"
+PATCH = "patch.diff"
+
+
+class Span(BaseModel):
+    """A wall-clock interval."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+class ViewInfo(BaseModel):
+    """Enough to rebuild the view that was sent: summary cut-off, raw tail range, masked steps."""
+
+    summary_cutoff: int | None = None  # steps 0..cutoff-1 are covered by this summary
+    raw_start: int = 0  # steps raw_start..raw_end-1 were shown verbatim
+    raw_end: int = 0
+    masked: list[int] = Field(default_factory=list)  # steps whose observation was replaced by a placeholder
+    n_messages: int = 0
+    prompt_tokens: int = 0  # as counted by the provider when known, else estimated
+
+
+class StepRecord(BaseModel):
+    """One main-model call and the command it chose (SPEC 3.4)."""
+
+    step: int
+    view: ViewInfo
+    response: str
+    action: str | None = None  # the bash command; None when the reply had a format error
+    format_error: str | None = None
+    observation: str = ""  # the message the model was shown next (output already cut head + tail)
+    returncode: int | None = None
+    timed_out: bool = False
+    output_chars: int = 0  # length of the raw command output before cutting
+    model: Span
+    command: Span | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    memory: list[dict[str, Any]] = Field(default_factory=list)  # memory jobs / waits / events seen at this step
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+class RunWriter:
+    """Appends steps to trajectory.jsonl (flushed and fsynced per step) and keeps meta.json current."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / TRAJECTORY, "a", encoding="utf-8")
+
+    def append(self, step: StepRecord) -> None:
+        self._file.write(step.model_dump_json() + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.run_dir / META, meta)
+
+    def write_patch(self, patch: str) -> None:
+        atomic_write_text(self.run_dir / PATCH, patch)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class RunRecord(BaseModel):
+    """A run read back from disk."""
+
+    path: Path
+    meta: dict[str, Any]
+    steps: list[StepRecord]
+    skipped_lines: int = 0  # corrupt or partial lines (e.g. the last line of a killed run)
+
+
+def read_steps(path: Path) -> tuple[list[StepRecord], int]:
+    """Steps of a trajectory.jsonl, skipping (and counting) lines that do not parse."""
+    steps, skipped = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                steps.append(StepRecord.model_validate_json(line))
+            except (ValidationError, ValueError):
+                skipped += 1
+    return steps, skipped
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read a comem run directory. Raises ValueError with a one-line reason if it is not one."""
+    run_dir = Path(run_dir)
+    traj = run_dir / TRAJECTORY
+    if not traj.is_file():
+        raise ValueError(f"{run_dir}: no {TRAJECTORY}")
+    try:
+        meta = json.loads((run_dir / META).read_text()) if (run_dir / META).is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{run_dir / META}: not valid JSON ({e.msg})") from None
+    steps, skipped = read_steps(traj)
+    return RunRecord(path=run_dir, meta=meta, steps=steps, skipped_lines=skipped)

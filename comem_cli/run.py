@@ -1,0 +1,124 @@
+"""One `comem fix` run: repo + issue + config -> sandbox -> agent loop -> patch, branch, run dir.
+
+This is the glue the CLI (and the benchmark runner) calls; each piece it wires together lives in
+its own module. Input is validated before any container starts, so bad input fails in a second.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from comem_cli import __version__
+from comem_cli.agent import Agent, RunResult
+from comem_cli.config import RunConfig
+from comem_cli.errors import EnvironmentFailure, UserError
+from comem_cli.issues import Issue
+from comem_cli.memory.pipeline import FullContext, MaskContext
+from comem_cli.models import LitellmModel
+from comem_cli.repo import UserRepo, slugify
+from comem_cli.rollouts import RunWriter, StepRecord
+from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
+from comem_cli.templates import render
+
+
+@dataclass
+class FixOutcome:
+    result: RunResult
+    run_dir: Path
+    branch: str | None = None
+    commit: str | None = None
+    apply_error: str | None = None
+
+
+def default_branch(issue: Issue) -> str:
+    return f"comem/issue-{issue.number}" if issue.number is not None else f"comem/{slugify(issue.title)}"
+
+
+def new_run_dir(output: Path, issue: Issue) -> Path:
+    label = f"issue-{issue.number}" if issue.number is not None else slugify(issue.title, 30)
+    return Path(output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(2)}"
+
+
+def make_context(config: RunConfig, system: str, task: str):
+    arm = config.memory.arm
+    if arm == "full":
+        return FullContext(system, task)
+    if arm == "mask":
+        return MaskContext(system, task, config.memory.mask_window)
+    from comem_cli.memory.pipeline import make_memory_context  # the summarizing arms
+
+    return make_memory_context(config.memory, system, task)
+
+
+def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
+        apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
+        on_start: Callable[[Path, str], None] | None = None) -> FixOutcome:
+    """Run the agent on `issue` in a sandbox holding `repo`'s working tree."""
+    branch = branch or default_branch(issue)
+    if apply:
+        repo.check_branch_name(branch)
+        if repo.branch_exists(branch) and not force:
+            raise UserError(f"branch {branch!r} already exists; pass --force to overwrite it or --branch NAME")
+    model = LitellmModel(config.model)
+    model.preflight()
+    require_image(docker_client(), config.sandbox.image)
+
+    run_dir = new_run_dir(output, issue)
+    writer = RunWriter(run_dir)
+    system = render("system.j2")
+    task = render("instance.j2", issue=issue.text, workdir=config.sandbox.workdir, timeout=config.sandbox.command_timeout_s)
+    meta: dict[str, Any] = {
+        "comem_version": __version__, "status": "running", "started": time.time(),
+        "repo": str(repo.path), "head": repo.head, "issue": {"title": issue.title, "number": issue.number, "url": issue.url},
+        "config": config.model_dump(), "prompts": {"system": system, "task": task},
+    }
+    writer.write_meta(meta)
+    if on_start:
+        on_start(run_dir, config.sandbox.image)
+    try:
+        with Sandbox(config.sandbox, labels={"comem.run": run_dir.name}) as sandbox:
+            sandbox.copy_repo(tar_files(repo.path, repo.working_files()))
+            context = make_context(config, system, task)
+            agent = Agent(model, sandbox, context, writer, config.agent,
+                          command_timeout=config.sandbox.command_timeout_s, on_step=on_step)
+            result = agent.run()
+    except EnvironmentFailure as e:
+        result = RunResult(status=e.status, message=str(e))
+    except KeyboardInterrupt:  # a signal while the container was starting or being removed
+        result = RunResult(status="interrupted", message="interrupted by signal")
+    finally:
+        writer.close()
+
+    outcome = FixOutcome(result=result, run_dir=run_dir)
+    writer.write_patch(result.patch)
+    if apply and result.patch.strip():
+        message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
+        message += f"\n\nExit status: {result.status}. Run: {run_dir}"
+        try:
+            outcome.commit = repo.commit_patch(branch, result.patch, message, force=force)
+            outcome.branch = branch
+        except UserError as e:  # e.g. the user's tree moved on meanwhile; patch.diff is kept
+            outcome.apply_error = str(e)
+    meta.update(status=result.status, message=result.message, ended=time.time(), branch=outcome.branch,
+                commit=outcome.commit, apply_error=outcome.apply_error, totals=totals(result))
+    writer.write_meta(meta)
+    return outcome
+
+
+def totals(result: RunResult) -> dict[str, Any]:
+    steps = result.steps
+    return {
+        "steps": len(steps),
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost": round(result.cost, 6),
+        "wall_s": round(result.wall_s, 3),
+        "model_s": round(sum(s.model.seconds for s in steps), 3),
+        "command_s": round(sum(s.command.seconds for s in steps if s.command), 3),
+        "patch_lines": result.patch.count("\n"),
+        **result.memory,
+    }

@@ -1,0 +1,185 @@
+"""A real OpenAI-compatible chat-completions server on 127.0.0.1 that plays a script.
+
+Used by the tests, the demo (a recorded replay of a main model) and benchmarks: comem reaches it
+through litellm exactly as it would reach a provider (`--model openai/<any> --api-base <url>`).
+
+Replies come from a *responder*: a function of the request body. `Script` replays a list of replies
+per conversation (conversations are told apart by their first user message, i.e. the task, so the
+cursor advances once per call whatever the view looks like). Latency can be injected, proportional
+to prompt tokens, and failures (HTTP errors, hangs) scripted for the first calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+SUBMIT_REPLY = "THOUGHT: The script is over, so I submit.\n\n```bash\necho COMEM_SUBMIT\n```"
+
+Responder = Callable[[dict[str, Any]], str]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Same ~4 characters/token estimate for every message, so tests can reason about it."""
+    return sum((len(str(m.get("content") or "")) + 3) // 4 + 4 for m in body.get("messages", []))
+
+
+def conversation_key(body: dict[str, Any]) -> str:
+    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+    first = str(users[0].get("content", "")) if users else ""
+    return hashlib.sha1(first.encode()).hexdigest()
+
+
+class Script:
+    """Replays `replies` (a list, or {task substring: list}) in order, one cursor per conversation."""
+
+    def __init__(self, replies: list[str] | dict[str, list[str]], on_exhausted: str = SUBMIT_REPLY):
+        self.replies = replies
+        self.on_exhausted = on_exhausted
+        self.cursors: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _replies_for(self, body: dict[str, Any]) -> list[str]:
+        if isinstance(self.replies, list):
+            return self.replies
+        users = [str(m.get("content", "")) for m in body.get("messages", []) if m.get("role") == "user"]
+        task = users[0] if users else ""
+        for needle, replies in self.replies.items():
+            if needle in task:
+                return replies
+        return []
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        replies = self._replies_for(body)
+        key = conversation_key(body)
+        with self.lock:
+            i = self.cursors.get(key, 0)
+            self.cursors[key] = i + 1
+        return replies[i] if i < len(replies) else self.on_exhausted
+
+
+class ScriptedServer:
+    """Context manager: `with ScriptedServer(Script([...])) as server: server.url` -> http://127.0.0.1:PORT/v1"""
+
+    def __init__(self, responder: Responder, *, port: int = 0, latency_s: float = 0.0,
+                 latency_per_token_s: float = 0.0, fail_first: list[int] | None = None,
+                 hang_first: int = 0, hang_s: float = 30.0, max_context: int | None = None):
+        self.responder = responder
+        self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
+        self.fail_first = list(fail_first or [])  # HTTP status codes returned by the first calls
+        self.hang_first, self.hang_s = hang_first, hang_s  # the first N calls sleep hang_s before answering
+        self.max_context = max_context
+        self.requests: list[dict[str, Any]] = []  # every request body received, in order
+        self.lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "ScriptedServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "ScriptedServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                else:
+                    self._send(200 if self.path in ("/health", "/v1/health") else 404, {})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    return self._send(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                with server.lock:
+                    index = len(server.requests)
+                    server.requests.append(body)
+                    status = server.fail_first.pop(0) if server.fail_first else None
+                if index < server.hang_first:
+                    time.sleep(server.hang_s)
+                if status:
+                    return self._send(status, {"error": {"message": f"scripted failure {status}", "type": "server_error"}})
+                tokens = prompt_tokens(body)
+                if server.max_context and tokens > server.max_context:
+                    return self._send(400, {"error": {
+                        "message": f"This model's maximum context length is {server.max_context} tokens. "
+                                   f"However, your messages resulted in {tokens} tokens.",
+                        "type": "invalid_request_error", "code": "context_length_exceeded"}})
+                time.sleep(server.latency_s + server.latency_per_token_s * tokens)
+                text = server.responder(body)
+                max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+                if max_tokens == 1:
+                    text = text[:1]  # a cache pre-warm request
+                completion = (len(text) + 3) // 4
+                self._send(200, {
+                    "id": f"chatcmpl-{index}", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "scripted"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": tokens, "completion_tokens": completion, "total_tokens": tokens + completion},
+                })
+
+        return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve a scripted OpenAI-compatible model on 127.0.0.1.")
+    parser.add_argument("--script", required=True, help="JSON file: a list of replies, or {task substring: [replies]}")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every call")
+    parser.add_argument("--latency-per-token", type=float, default=0.0, help="seconds per prompt token")
+    args = parser.parse_args()
+    with open(args.script) as f:
+        replies = json.load(f)
+    server = ScriptedServer(Script(replies), port=args.port, latency_s=args.latency, latency_per_token_s=args.latency_per_token)
+    print(f"scripted model serving on {server.url}", flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
