@@ -130,6 +130,14 @@ def main() -> None:
     except KeyboardInterrupt:
         print("comem: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:  # a bug: one line for the user, the traceback in a file for the report
+        import tempfile
+        import traceback
+
+        log = Path(tempfile.gettempdir()) / "comem-last-error.log"
+        log.write_text(traceback.format_exc())
+        print(f"comem: internal error: {type(e).__name__}: {e} (traceback in {log})", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

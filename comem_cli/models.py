@@ -70,6 +70,8 @@ class LitellmModel:
             raise UserError(f"unknown model {self.config.name!r}: {short(e, 120)}") from None
         if self.config.api_base:
             return
+        for key in [k for k, v in os.environ.items() if k.endswith("_API_KEY") and not v.strip()]:
+            del os.environ[key]  # an empty key is a missing key (litellm would count it as set)
         check = litellm.validate_environment(model=self.config.name)
         missing = check.get("missing_keys") or []
         if missing:

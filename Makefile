@@ -1,0 +1,23 @@
+# comem: `make demo` sets everything up and fixes a bundled example; `make test` runs the tests.
+.PHONY: setup docker images demo test test-fast clean-containers
+
+setup:  ## virtualenv + Docker daemon + sandbox images (idempotent)
+	bash scripts/setup.sh
+
+docker:  ## only make sure a Docker daemon answers
+	bash scripts/docker.sh
+
+images: docker  ## (re)build the sandbox images
+	bash sandbox/build.sh
+
+demo: setup  ## fix examples/calc with a recorded replay of the main model (no API key)
+	.venv/bin/comem demo
+
+test: setup  ## the whole test suite, Docker included
+	.venv/bin/python -m pytest -q
+
+test-fast:  ## tests that need neither Docker nor models
+	.venv/bin/python -m pytest -q -m "not docker and not vllm and not slow"
+
+clean-containers:
+	.venv/bin/comem sandbox prune
