@@ -159,10 +159,10 @@ class Agent:
             submitted = result.output.lstrip().splitlines()[:1] == [SUBMIT_MARKER]
         self.steps.append(record)
         self.writer.append(record)
-        self.context.completed(self.steps)
         if self.on_step:
             self.on_step(record)
         if submitted:
             raise Submitted("the agent submitted")
+        self.context.completed(self.steps)  # may launch a summary job (not after the last step)
         if self.format_errors >= self.config.max_format_errors:
             raise TooManyFormatErrors(f"{self.format_errors} format errors in a row")

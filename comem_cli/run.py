@@ -17,7 +17,7 @@ from comem_cli.agent import Agent, RunResult
 from comem_cli.config import RunConfig
 from comem_cli.errors import EnvironmentFailure, UserError
 from comem_cli.issues import Issue
-from comem_cli.memory.pipeline import FullContext, MaskContext
+from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import RunWriter, StepRecord
@@ -43,20 +43,19 @@ def new_run_dir(output: Path, issue: Issue) -> Path:
     return Path(output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(2)}"
 
 
-def make_context(config: RunConfig, system: str, task: str):
+def make_context(config: RunConfig, system: str, task: str, backend=None):
+    """The arm's context strategy; `sync` and `comem` need a memory backend (see memory/backends.py)."""
     arm = config.memory.arm
     if arm == "full":
         return FullContext(system, task)
     if arm == "mask":
         return MaskContext(system, task, config.memory.mask_window)
-    from comem_cli.memory.pipeline import make_memory_context  # the summarizing arms
-
-    return make_memory_context(config.memory, system, task)
+    return MemoryContext(config.memory, system, task, backend)
 
 
 def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
         apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
-        on_start: Callable[[Path, str], None] | None = None) -> FixOutcome:
+        on_start: Callable[[Path, str], None] | None = None, backend=None) -> FixOutcome:
     """Run the agent on `issue` in a sandbox holding `repo`'s working tree."""
     branch = branch or default_branch(issue)
     if apply:
@@ -66,6 +65,11 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     model = LitellmModel(config.model)
     model.preflight()
     require_image(docker_client(), config.sandbox.image)
+    own_backend = backend is None and config.memory.arm in ("sync", "comem")
+    if own_backend:
+        from comem_cli.memory.backends import load_backend
+
+        backend = load_backend(config.memory)
 
     run_dir = new_run_dir(output, issue)
     writer = RunWriter(run_dir)
@@ -82,7 +86,7 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     try:
         with Sandbox(config.sandbox, labels={"comem.run": run_dir.name}) as sandbox:
             sandbox.copy_repo(tar_files(repo.path, repo.working_files()))
-            context = make_context(config, system, task)
+            context = make_context(config, system, task, backend)
             agent = Agent(model, sandbox, context, writer, config.agent,
                           command_timeout=config.sandbox.command_timeout_s, on_step=on_step)
             result = agent.run()
@@ -92,6 +96,8 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
         result = RunResult(status="interrupted", message="interrupted by signal")
     finally:
         writer.close()
+        if own_backend:
+            backend.close()
 
     outcome = FixOutcome(result=result, run_dir=run_dir)
     writer.write_patch(result.patch)
@@ -104,7 +110,8 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
         except UserError as e:  # e.g. the user's tree moved on meanwhile; patch.diff is kept
             outcome.apply_error = str(e)
     meta.update(status=result.status, message=result.message, ended=time.time(), branch=outcome.branch,
-                commit=outcome.commit, apply_error=outcome.apply_error, totals=totals(result))
+                commit=outcome.commit, apply_error=outcome.apply_error, totals=totals(result),
+                memory_jobs=result.memory.get("jobs", []))
     writer.write_meta(meta)
     return outcome
 
@@ -120,5 +127,5 @@ def totals(result: RunResult) -> dict[str, Any]:
         "model_s": round(sum(s.model.seconds for s in steps), 3),
         "command_s": round(sum(s.command.seconds for s in steps if s.command), 3),
         "patch_lines": result.patch.count("\n"),
-        **result.memory,
+        **{k: v for k, v in result.memory.items() if k != "jobs"},
     }
