@@ -130,7 +130,8 @@ class MemoryContext:
         self.lock = threading.RLock()
         self.steps: list = []
         self.waits: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []  # failures and fallbacks, as recorded in steps
+        self.events: list[dict[str, Any]] = []  # consumed jobs, failures and fallbacks
+        self.reported = (0, 0)  # how many waits / events earlier steps already recorded
 
     # -- launching -------------------------------------------------------------------------------
     def completed(self, steps) -> None:
@@ -224,7 +225,6 @@ class MemoryContext:
     def prepare(self, steps) -> tuple[View, list[dict[str, Any]]]:
         n = len(steps)
         self.steps = steps
-        seen_waits, seen_events = len(self.waits), len(self.events)
         self.expire()
         due = [j for j in self.jobs if j.deadline <= n and j.status not in ("superseded",)]
         if due and due[-1].live:  # the newest job whose deadline has arrived
@@ -246,7 +246,10 @@ class MemoryContext:
             self.events.append(best.record())
         view = build_view(self.system, self.task, steps, summary=best.summary if best else None,
                           summary_cutoff=best.cutoff if best else None, mask_before=mask_before)
-        return view, self.waits[seen_waits:] + self.events[seen_events:]
+        with self.lock:  # events from worker threads (failures) land in the next step's record
+            seen_waits, seen_events = self.reported
+            self.reported = (len(self.waits), len(self.events))
+            return view, self.waits[seen_waits:] + self.events[seen_events:]
 
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> dict[str, Any]:

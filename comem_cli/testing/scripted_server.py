@@ -75,6 +75,7 @@ class ScriptedServer:
         self.hang_first, self.hang_s = hang_first, hang_s  # the first N calls sleep hang_s before answering
         self.max_context = max_context
         self.requests: list[dict[str, Any]] = []  # every request body received, in order
+        self.dead = False  # after kill(): kept-alive connections are dropped without an answer
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
@@ -96,6 +97,11 @@ class ScriptedServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def kill(self) -> None:
+        """Die like a crashed server: stop listening and drop open connections unanswered."""
+        self.dead = True
+        threading.Thread(target=self.stop, daemon=True).start()
 
     def __enter__(self) -> "ScriptedServer":
         return self.start()
@@ -127,6 +133,9 @@ class ScriptedServer:
                     self._send(200 if self.path in ("/health", "/v1/health") else 404, {})
 
             def do_POST(self):
+                if server.dead:
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")

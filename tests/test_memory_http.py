@@ -1,0 +1,91 @@
+"""The pipeline in real runs: main model and memory model are real HTTP servers reached through
+litellm, commands run in Docker. Assertions are on recorded waits, counts and ratios, never on
+absolute seconds."""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+from comem_cli.rollouts import read_run
+from comem_cli.testing.scripted_server import Script, ScriptedServer
+from tests.conftest import comem_containers, run_cli
+
+pytestmark = pytest.mark.docker
+
+N_STEPS = 10
+ECHO_SCRIPT = [f"THOUGHT: step {i}.\n\n```bash\necho step-{i}\n```" for i in range(N_STEPS)] + \
+              ["THOUGHT: done.\n\n```bash\necho COMEM_SUBMIT\n```"]
+SUMMARY = ("## Task\nFix count_words.\n## Files and code state\nwords.py read.\n## Actions and outcomes\n"
+           "Ran echo commands.\n## Tests\nNot run.\n## Open questions\nNone.")
+
+
+def run_arm(repo, tmp_path, arm: str, memory_server: ScriptedServer, *extra: str, latency: float = 0.4):
+    out = tmp_path / f"runs-{arm}-{len(list(tmp_path.iterdir()))}"
+    with ScriptedServer(Script(ECHO_SCRIPT), latency_s=latency) as main:
+        r = run_cli("fix", "-r", str(repo), "-i", str(repo / "ISSUE.md"), "-m", "openai/main", "--api-base", main.url,
+                    "-o", str(out), "--no-apply", "--memory", arm, "--k", "2", "--memory-backend", "openai",
+                    "--memory-model", "openai/memory", "--memory-api-base", memory_server.url, *extra)
+        requests = list(main.requests)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run_dir,) = list(out.iterdir())
+    return read_run(run_dir), requests, r
+
+
+def test_comem_hides_memory_time_and_sync_pays_for_it(words_repo, tmp_path, docker_client):
+    # Agent step ~0.5 s (0.4 s model + command); memory model ~1.5x an agent step.
+    with ScriptedServer(lambda body: SUMMARY, latency_s=0.75) as memory:
+        comem, comem_requests, out = run_arm(words_repo, tmp_path, "comem", memory)
+        sync, _, _ = run_arm(words_repo, tmp_path, "sync", memory)
+        memory_requests = list(memory.requests)
+    c, s = comem.meta["totals"], sync.meta["totals"]
+    assert comem.meta["status"] == sync.meta["status"] == "submitted"
+
+    # comem, k=2: summaries made, none waited for, memory time hidden behind agent work.
+    assert c["summaries"] >= 3 and c["waits"] == 0 and c["hidden_fraction"] >= 0.8
+    # sync: one wait per summary used, almost nothing hidden.
+    consumed = [e for step in sync.steps for e in step.memory if e["kind"] == "job"]
+    assert s["waits"] == len(consumed) >= 4 and s["hidden_fraction"] < 0.3  # sync: every = k = 2, lag 0
+    # End to end, sync pays about the memory time it waited for (generous margins: noisy machine).
+    extra = s["wall_s"] - c["wall_s"]
+    assert 0.5 * s["wait_s"] < extra < 1.5 * s["wait_s"] + 1.0
+
+    # The views: by its deadline (step 4) the summary of steps 0-1 is in, followed by the raw tail.
+    step4 = comem.steps[4]
+    assert step4.view.summary_cutoff == 2 and (step4.view.raw_start, step4.view.raw_end) == (2, 4)
+    assert "<memory>" in comem_requests[4]["messages"][2]["content"] and SUMMARY in comem_requests[4]["messages"][2]["content"]
+    assert [m["role"] for m in comem_requests[4]["messages"][3:]] == ["assistant", "user"] * 2
+    # Every job is recorded in the step that consumed it, with all four times in order.
+    jobs = [e for step in comem.steps for e in step.memory if e["kind"] == "job"]
+    assert jobs and all(j["queued"] <= j["started"] <= j["finished"] <= j["consumed"] for j in jobs)
+    assert "summaries" in out.stdout and "hidden" in out.stdout
+    # What the memory model read: instruction first, then task, then the steps (cache-friendly).
+    first = memory_requests[0]["messages"]
+    assert first[0]["role"] == "system" and "## Files and code state" in first[0]["content"]
+    assert first[1]["content"].index("<task>") < first[1]["content"].index("<step index=\"0\">")
+
+
+@pytest.mark.parametrize("failure", ["http_500", "hang", "dies"])
+def test_memory_failures_never_end_the_run(failure, words_repo, tmp_path, docker_client):
+    options = {"http_500": dict(fail_first=[500] * 100), "hang": dict(hang_first=100, hang_s=20), "dies": {}}[failure]
+    memory = ScriptedServer(lambda body: SUMMARY, **options).start()
+    if failure == "dies":  # answers the first request, then the server is gone
+        def responder(body, _kill=memory.kill):
+            _kill()
+            return SUMMARY
+        memory.responder = responder
+    try:
+        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, "--memory-timeout", "1.5", "--raw-budget", "400", latency=0.05)
+    finally:
+        if failure != "dies":
+            memory.stop()
+    totals = run.meta["totals"]
+    assert run.meta["status"] == "submitted" and totals["steps"] == N_STEPS + 1
+    assert totals["memory_failures"] >= 1
+    events = [e for step in run.steps for e in step.memory]
+    failures = [e for e in events if e["kind"] == "memory_failure"]
+    assert failures and {f["status"] for f in failures} == ({"timeout"} if failure == "hang" else {"failed"})
+    if failure == "dies":
+        assert totals["summaries"] == 1
+    assert comem_containers(docker_client, run.path.name) == []
+    assert json.loads((run.path / "meta.json").read_text())["memory_jobs"]
