@@ -61,7 +61,7 @@ def test_comem_hides_memory_time_and_sync_pays_for_it(words_repo, tmp_path, dock
     assert "summaries" in out.stdout and "hidden" in out.stdout
     # What the memory model read: instruction first, then task, then the steps (cache-friendly).
     first = memory_requests[0]["messages"]
-    assert first[0]["role"] == "system" and "## Files and code state" in first[0]["content"]
+    assert first[0]["role"] == "system" and "## Files and code state" in first[0]["content"] and "No advice" in first[0]["content"]
     assert first[1]["content"].index("<task>") < first[1]["content"].index("<step index=\"0\">")
 
 

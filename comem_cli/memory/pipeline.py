@@ -167,7 +167,12 @@ class MemoryContext:
                 return
             job.status, job.started = "running", time.time()
         try:
-            messages = memory_messages(self.task, history, max_observation_chars=self.config.max_observation_chars)
+            previous = self.newest_summary() if self.config.incremental else None
+            if previous is not None and previous.cutoff < len(history):
+                messages = memory_messages(self.task, history[previous.cutoff:], first_index=previous.cutoff,
+                                           previous=previous.summary, max_observation_chars=self.config.max_observation_chars)
+            else:
+                messages = memory_messages(self.task, history, max_observation_chars=self.config.max_observation_chars)
             text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}")
             ok = looks_like_summary(text)
             error = None if ok else "garbage summary (too short or not text)"

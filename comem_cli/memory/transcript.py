@@ -1,8 +1,9 @@
 """What the memory model reads: instruction first, then the task, then the steps (SPEC 3.3).
 
-The layout is cache-friendly: successive summary jobs of one run share the instruction + task +
-older steps as a growing prefix, so a prefix-caching server only prefills the new steps. Long
-observations are cut head + tail before they reach the memory model.
+One implementation for inference (the pipeline) and training (train/samples.py): the model is
+trained on exactly the input it gets in production. The layout is cache-friendly: successive
+summary jobs of one run share instruction + task + older steps as a growing prefix, so a
+prefix-caching server prefills only the new steps. Long observations are cut head + tail.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Protocol, Sequence
 
 from comem_cli.templates import render
 
-_BASH_BLOCK = re.compile(r"```(?:bash|mswea_bash_command)[ \t]*\n.*?```", re.DOTALL)
+MAX_OBSERVATION_CHARS = 2000
+_ACTION_BLOCK = re.compile(r"```(?:bash|mswea_bash_command)[ \t]*\n.*?\n?```", re.DOTALL)
 
 
 class StepLike(Protocol):
@@ -21,36 +23,46 @@ class StepLike(Protocol):
     observation: str
 
 
-def cut(text: str, max_chars: int) -> str:
+def cut_observation(text: str, max_chars: int = MAX_OBSERVATION_CHARS) -> str:
+    """Head and tail of a long observation, with a note saying how much was elided."""
     if len(text) <= max_chars:
         return text
-    half = max_chars // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+    half = max(max_chars // 2, 1)
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters elided ...]\n{text[-half:]}"
 
 
-def thought_of(response: str) -> str:
-    """The reply without its command block (the command is shown separately as ACTION)."""
-    text = _BASH_BLOCK.sub("", response).strip()
-    return re.sub(r"^THOUGHT:\s*", "", text)
+def step_block(index: int, step: StepLike, max_observation_chars: int = MAX_OBSERVATION_CHARS) -> str:
+    """One step as the memory model reads it: THOUGHT (the reply minus its command), ACTION, OBSERVATION."""
+    thought = _ACTION_BLOCK.sub("", step.response).strip() if step.action is not None else step.response.strip()
+    thought = re.sub(r"^THOUGHT:\s*", "", thought)
+    action = step.action if step.action is not None else "(none: the reply had no single bash block)"
+    observation = cut_observation(step.observation, max_observation_chars)
+    return f'<step index="{index}">\nTHOUGHT: {thought}\n\nACTION:\n{action}\n\nOBSERVATION:\n{observation}\n</step>'
 
 
-def memory_messages(system_task: str, steps: Sequence[StepLike], *, start: int = 0, previous: str | None = None,
-                    max_observation_chars: int = 2000) -> list[dict[str, str]]:
-    """Messages asking for a summary of steps[start:] (and of `previous`, covering 0..start-1, if given)."""
-    items = [
-        {"index": start + i, "thought": cut(thought_of(s.response), max_observation_chars),
-         "action": s.action if s.action is not None else "(no valid command: format error)",
-         "observation": cut(s.observation, max_observation_chars)}
-        for i, s in enumerate(steps[start:])
-    ]
-    user = render("memory_input.j2", task=system_task, steps=items, previous=previous, previous_cutoff=start,
-                  first=0, last=len(steps) - 1)
-    return [{"role": "system", "content": render("memory_system.j2")}, {"role": "user", "content": user}]
+def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 0, previous: str | None = None,
+                    max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
+    """Ask for a summary of `steps` (numbered from `first_index`).
+
+    `previous` (incremental mode) is an earlier summary of steps 0..first_index-1; without it,
+    first_index > 0 means the oldest steps were left out to fit the input.
+    """
+    blocks = "\n\n".join(step_block(first_index + i, s, max_observation_chars) for i, s in enumerate(steps))
+    last = first_index + len(steps) - 1
+    if previous is not None:
+        prefix = f"<previous_summary steps=\"0-{first_index - 1}\">\n{previous}\n</previous_summary>\n\n"
+        ask = f"Write the summary of steps 0 to {last}: the previous summary updated with the new steps."
+    else:
+        prefix = ""
+        dropped = f" (steps 0 to {first_index - 1} were left out to fit the input)" if first_index > 0 else ""
+        ask = f"Write the summary of steps {first_index} to {last}{dropped}."
+    user = f"<task>\n{task}\n</task>\n\n{prefix}<transcript>\n{blocks}\n</transcript>\n\n{ask}"
+    return [{"role": "system", "content": render("memory_instruction.j2")}, {"role": "user", "content": user}]
 
 
 def looks_like_summary(text: str) -> bool:
     """Reject garbage: empty output, or output that is mostly not words."""
-    stripped = text.strip()
+    stripped = (text or "").strip()
     if len(stripped) < 20:
         return False
     letters = sum(c.isalpha() for c in stripped)
