@@ -20,7 +20,7 @@ from comem_cli.issues import Issue
 from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
-from comem_cli.rollouts import RunWriter, StepRecord
+from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
 from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
 from comem_cli.templates import render
 
@@ -53,41 +53,35 @@ def make_context(config: RunConfig, system: str, task: str, backend=None):
     return MemoryContext(config.memory, system, task, backend)
 
 
-def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
-        apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
-        on_start: Callable[[Path, str], None] | None = None, backend=None) -> FixOutcome:
-    """Run the agent on `issue` in a sandbox holding `repo`'s working tree."""
-    branch = branch or default_branch(issue)
-    if apply:
-        repo.check_branch_name(branch)
-        if repo.branch_exists(branch) and not force:
-            raise UserError(f"branch {branch!r} already exists; pass --force to overwrite it or --branch NAME")
-    model = LitellmModel(config.model)
-    model.preflight()
-    require_image(docker_client(), config.sandbox.image)
-    own_backend = backend is None and config.memory.arm in ("sync", "comem")
-    if own_backend:
-        from comem_cli.memory.backends import load_backend
+def load_memory_backend(config: RunConfig, backend=None):
+    """The memory backend a summarizing arm needs (None for full / mask). Returns (backend, owned)."""
+    if backend is not None or config.memory.arm not in ("sync", "comem"):
+        return backend, False
+    from comem_cli.memory.backends import load_backend
 
-        backend = load_backend(config.memory)
+    return load_backend(config.memory), True
 
-    run_dir = new_run_dir(output, issue)
+
+def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callable[[Sandbox], None] | None = None,
+            backend=None, meta: dict[str, Any] | None = None, on_step: Callable[[StepRecord], None] | None = None,
+            labels: dict[str, str] | None = None) -> tuple[RunResult, dict[str, Any]]:
+    """One agent run in a fresh sandbox, recorded in `run_dir` (trajectory, meta, patch).
+
+    `prepare` puts the code into the sandbox (fix: copy the user's tree; bench: the instance image
+    already has it). Returns the result and the meta dict (status final), which callers may extend.
+    """
     writer = RunWriter(run_dir)
     system = render("system.j2")
-    task = render("instance.j2", issue=issue.text, workdir=config.sandbox.workdir, timeout=config.sandbox.command_timeout_s)
-    meta: dict[str, Any] = {
-        "comem_version": __version__, "status": "running", "started": time.time(),
-        "repo": str(repo.path), "head": repo.head, "issue": {"title": issue.title, "number": issue.number, "url": issue.url},
-        "config": config.model_dump(), "prompts": {"system": system, "task": task},
-    }
+    task = render("instance.j2", issue=task_text, workdir=config.sandbox.workdir, timeout=config.sandbox.command_timeout_s)
+    meta = {"comem_version": __version__, "status": "running", "started": time.time(), **(meta or {}),
+            "config": config.model_dump(), "prompts": {"system": system, "task": task}}
     writer.write_meta(meta)
-    if on_start:
-        on_start(run_dir, config.sandbox.image)
     try:
-        with Sandbox(config.sandbox, labels={"comem.run": run_dir.name}) as sandbox:
-            sandbox.copy_repo(tar_files(repo.path, repo.working_files()))
+        with Sandbox(config.sandbox, labels={"comem.run": run_dir.name, **(labels or {})}) as sandbox:
+            if prepare:
+                prepare(sandbox)
             context = make_context(config, system, task, backend)
-            agent = Agent(model, sandbox, context, writer, config.agent,
+            agent = Agent(LitellmModel(config.model), sandbox, context, writer, config.agent,
                           command_timeout=config.sandbox.command_timeout_s, on_step=on_step)
             result = agent.run()
     except EnvironmentFailure as e:
@@ -96,11 +90,39 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
         result = RunResult(status="interrupted", message="interrupted by signal")
     finally:
         writer.close()
+    writer.write_patch(result.patch)
+    meta.update(status=result.status, message=result.message, ended=time.time(), totals=totals(result),
+                memory_jobs=result.memory.get("jobs", []))
+    writer.write_meta(meta)
+    return result, meta
+
+
+def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
+        apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
+        on_start: Callable[[Path, str], None] | None = None, backend=None) -> FixOutcome:
+    """Run the agent on `issue` in a sandbox holding `repo`'s working tree; commit the patch on a branch."""
+    branch = branch or default_branch(issue)
+    if apply:
+        repo.check_branch_name(branch)
+        if repo.branch_exists(branch) and not force:
+            raise UserError(f"branch {branch!r} already exists; pass --force to overwrite it or --branch NAME")
+    LitellmModel(config.model).preflight()
+    require_image(docker_client(), config.sandbox.image)
+    backend, own_backend = load_memory_backend(config, backend)
+    run_dir = new_run_dir(output, issue)
+    if on_start:
+        on_start(run_dir, config.sandbox.image)
+    files = tar_files(repo.path, repo.working_files())
+    try:
+        result, meta = execute(issue.text, config, run_dir, prepare=lambda sandbox: sandbox.copy_repo(files),
+                               backend=backend, on_step=on_step,
+                               meta={"repo": str(repo.path), "head": repo.head,
+                                     "issue": {"title": issue.title, "number": issue.number, "url": issue.url}})
+    finally:
         if own_backend:
             backend.close()
 
     outcome = FixOutcome(result=result, run_dir=run_dir)
-    writer.write_patch(result.patch)
     if apply and result.patch.strip():
         message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
         message += f"\n\nExit status: {result.status}. Run: {run_dir}"
@@ -109,10 +131,8 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
             outcome.branch = branch
         except UserError as e:  # e.g. the user's tree moved on meanwhile; patch.diff is kept
             outcome.apply_error = str(e)
-    meta.update(status=result.status, message=result.message, ended=time.time(), branch=outcome.branch,
-                commit=outcome.commit, apply_error=outcome.apply_error, totals=totals(result),
-                memory_jobs=result.memory.get("jobs", []))
-    writer.write_meta(meta)
+    meta.update(branch=outcome.branch, commit=outcome.commit, apply_error=outcome.apply_error)
+    atomic_write_json(run_dir / META, meta)
     return outcome
 
 
