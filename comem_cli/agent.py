@@ -8,6 +8,7 @@ decides what the model sees: full history, masked, or summarized by the memory p
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -88,10 +89,12 @@ def cut_middle(text: str, max_chars: int) -> str:
 
 class Agent:
     def __init__(self, model: Model, env: Environment, context: Context, writer: RunWriter, config: AgentConfig,
-                 *, command_timeout: int = 120, on_step: Callable[[StepRecord], None] | None = None):
+                 *, command_timeout: int = 120, on_step: Callable[[StepRecord], None] | None = None,
+                 stop: threading.Event | None = None):
         self.model, self.env, self.context, self.writer, self.config = model, env, context, writer, config
         self.command_timeout = command_timeout
         self.on_step = on_step
+        self.stop = stop  # set by a benchmark being interrupted: end at the next step
         self.steps: list[StepRecord] = []
         self.format_errors = 0
         self.started = 0.0
@@ -119,6 +122,8 @@ class Agent:
 
     def check_limits(self) -> None:
         c = self.config
+        if self.stop is not None and self.stop.is_set():
+            raise Interrupted("the benchmark was interrupted")
         if len(self.steps) >= c.max_steps:
             raise StepLimit(f"reached {c.max_steps} steps")
         if c.cost_limit and self.model.cost >= c.cost_limit:

@@ -86,6 +86,42 @@ def fix(
     raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
 
 
+@app.command()
+def bench(
+    name: str = typer.Argument(..., help="swe-mini | swebench-verified | swebench-lite"),
+    model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name)."),
+    api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE"),
+    memory: str = typer.Option("comem", "--memory", help="Arm(s), comma-separated: full,mask,sync,comem (run on the same instances)."),
+    k: int = typer.Option(2, "--k", min=0),
+    every: Optional[int] = typer.Option(None, "--every", min=1),
+    raw_budget: int = typer.Option(12000, "--raw-budget", min=256),
+    memory_backend: str = typer.Option("auto", "--memory-backend"),
+    memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL"),
+    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE"),
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each)."),
+    instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids."),
+    filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids."),
+    slice_: Optional[str] = typer.Option(None, "--slice", help="A:B over the (filtered) instance list."),
+    output: Path = typer.Option(Path("bench-runs"), "--output", "-o"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Sub-folder of --output [default: the benchmark name]; rerun with the same one to resume."),
+    redo_existing: bool = typer.Option(False, "--redo-existing", help="Run finished instances again."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instances from a json/jsonl/parquet file (SWE-bench schema)."),
+    image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'."),
+    export_dataset: Optional[Path] = typer.Option(None, "--export-dataset", help="Write the selected instances as JSONL and stop."),
+    evaluate_only: Optional[Path] = typer.Option(None, "--evaluate-only", help="Evaluate an existing predictions file (SWE-bench format) and stop."),
+    executor: str = typer.Option("threads", "--executor", help="threads | ray"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address [default: start a local one]."),
+    max_steps: int = typer.Option(100, "--max-steps", min=1),
+    cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0),
+    timeout: int = typer.Option(120, "--timeout", min=1),
+):
+    """Run a benchmark, evaluate it, and compare memory arms side by side."""
+    from comem_cli.bench.cli_bench import bench_command
+
+    raise typer.Exit(bench_command(**locals()))
+
+
 @sandbox_app.command("build")
 def sandbox_build(force: bool = typer.Option(False, "--force", help="Rebuild even if the images exist.")):
     """Build the sandbox images locally (debootstrap base + sandbox/Dockerfile; no registry needed)."""

@@ -64,7 +64,7 @@ def load_memory_backend(config: RunConfig, backend=None):
 
 def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callable[[Sandbox], None] | None = None,
             backend=None, meta: dict[str, Any] | None = None, on_step: Callable[[StepRecord], None] | None = None,
-            labels: dict[str, str] | None = None) -> tuple[RunResult, dict[str, Any]]:
+            labels: dict[str, str] | None = None, stop=None) -> tuple[RunResult, dict[str, Any]]:
     """One agent run in a fresh sandbox, recorded in `run_dir` (trajectory, meta, patch).
 
     `prepare` puts the code into the sandbox (fix: copy the user's tree; bench: the instance image
@@ -82,7 +82,7 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
                 prepare(sandbox)
             context = make_context(config, system, task, backend)
             agent = Agent(LitellmModel(config.model), sandbox, context, writer, config.agent,
-                          command_timeout=config.sandbox.command_timeout_s, on_step=on_step)
+                          command_timeout=config.sandbox.command_timeout_s, on_step=on_step, stop=stop)
             result = agent.run()
     except EnvironmentFailure as e:
         result = RunResult(status=e.status, message=str(e))

@@ -1,0 +1,1 @@
+"""Benchmarks: datasets (swe-mini, SWE-bench), a parallel resumable runner, evaluation, reports."""

@@ -1,0 +1,150 @@
+"""`comem bench`: validate the flags, then run / evaluate / export, with a live display and a table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from comem_cli.errors import UserError
+
+ARMS = ("full", "mask", "sync", "comem")
+
+
+def parse_arms(memory: str) -> list[str]:
+    arms = [a.strip() for a in memory.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if not arms or bad:
+        raise UserError(f"--memory takes arms from {', '.join(ARMS)} (got {memory!r})")
+    return list(dict.fromkeys(arms))
+
+
+def live_display(progress, started: float):
+    from rich.console import Group
+    from rich.table import Table
+
+    def render():
+        with progress.lock:
+            done, total, cost, workers = progress.done, progress.total, progress.cost, dict(progress.workers)
+        elapsed = time.time() - started
+        eta = (elapsed / done * (total - done)) if done else None
+        width = 30
+        filled = int(width * done / total) if total else width
+        head = (f"[bold]{done}/{total}[/bold] [{'#' * filled}{'.' * (width - filled)}] "
+                f"elapsed {elapsed:5.0f}s  ETA {'-' if eta is None else f'{eta:5.0f}s'}  cost ${cost:.3f}")
+        table = Table(show_header=False, box=None, padding=(0, 1))
+        for worker, text in sorted(workers.items()):
+            table.add_row(f"[dim]{worker.replace('comem-bench_', 'worker ')}[/dim]", text)
+        return Group(head, table)
+
+    return render
+
+
+def bench_command(**o: Any) -> int:
+    from rich.live import Live
+
+    from comem_cli.bench import datasets
+    from comem_cli.bench.report import bench_report, report_table
+    from comem_cli.bench.runner import BenchPlan, Predictions, ensure_images, load_backends, run_bench
+    from comem_cli.config import DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
+    from comem_cli.ui import console
+
+    arms = parse_arms(o["memory"])
+    if o["executor"] not in ("threads", "ray"):
+        raise UserError(f"--executor must be threads or ray (got {o['executor']!r})")
+    instances = datasets.select(datasets.load_instances(o["name"], o["dataset"]),
+                                ids=[i.strip() for i in o["instances"].split(",")] if o["instances"] else None,
+                                pattern=o["filter"], slice_spec=o["slice_"])
+    if o["export_dataset"]:
+        datasets.export_jsonl(instances, o["export_dataset"])
+        console.print(f"wrote {len(instances)} instances to {o['export_dataset']}")
+        return 0
+    config = RunConfig(
+        model=ModelConfig(name=o["model"] or DEFAULT_MODEL, api_base=o["api_base"]),
+        sandbox=SandboxConfig(command_timeout_s=o["timeout"]),
+        agent=AgentConfig(max_steps=o["max_steps"], cost_limit=o["cost_limit"]),
+        memory=MemoryConfig(k=o["k"], every=o["every"], raw_budget=o["raw_budget"], backend=o["memory_backend"],
+                            model=o["memory_model"], api_base=o["memory_api_base"]),
+    )
+    output = Path(o["output"]) / (o["run_id"] or o["name"])
+    plan = BenchPlan(name=o["name"], instances=instances, arms=arms, config=config, output=output,
+                     workers=o["workers"], redo=o["redo_existing"], evaluate=o["evaluate"],
+                     image_template=o["image_template"], executor=o["executor"], ray_address=o["ray_address"])
+    ensure_images(plan)
+    evaluate_fn = make_evaluator(plan)
+
+    if o["evaluate_only"]:
+        return evaluate_only(plan, Path(o["evaluate_only"]), evaluate_fn)
+
+    from comem_cli.models import LitellmModel
+
+    LitellmModel(config.model).preflight()
+    backends = load_backends(plan)
+    started = time.time()
+    console.print(f"[bold]comem bench {plan.name}[/bold]: {len(instances)} instances x arms {', '.join(arms)} · "
+                  f"model {config.model.name} · {plan.workers} workers · output {output}")
+    import threading
+
+    from comem_cli.bench.runner import Progress
+
+    progress, stop = Progress(total=0), threading.Event()
+    try:
+        with Live(get_renderable=live_display(progress, started), console=console, refresh_per_second=2):
+            run_bench(plan, backends=backends, evaluate_fn=evaluate_fn if plan.evaluate else None,
+                      progress=progress, stop=stop)
+    finally:
+        for backend in backends.values():
+            if backend is not None:
+                backend.close()
+    report = bench_report(output, arms, [i["instance_id"] for i in instances], plan.name)
+    console.print(report_table(report))
+    console.print(f"[dim]report {output / 'report.json'} · predictions {', '.join(str(plan.arm_dir(a) / 'preds.json') for a in arms)}[/dim]")
+    return 0
+
+
+def make_evaluator(plan):
+    if plan.name == "swe-mini" and plan.image_template is None:
+        from comem_cli.bench.evaluation import evaluate
+
+        def evaluate_swe_mini(instance, patch):
+            return evaluate(instance, patch)
+
+        return evaluate_swe_mini
+    from comem_cli.bench.datasets import image_for
+    from comem_cli.bench.evaluation import evaluate
+
+    def evaluate_with_image(instance, patch):
+        if "test_cmd" not in instance:
+            raise UserError(f"{instance['instance_id']} has no test_cmd; evaluate SWE-bench predictions with the "
+                            "official harness: python -m swebench.harness.run_evaluation --predictions_path PREDS ...")
+        return evaluate({**instance, "image": image_for(instance, plan.image_template)}, patch)
+
+    return evaluate_with_image
+
+
+def evaluate_only(plan, preds_path: Path, evaluate_fn) -> int:
+    import json
+
+    from comem_cli.bench.report import bench_report, report_table
+    from comem_cli.rollouts import atomic_write_json
+    from comem_cli.ui import console
+
+    try:
+        data = json.loads(preds_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read predictions file {preds_path}: {e}") from None
+    preds = data if isinstance(data, list) else list(data.values())
+    by_id = {i["instance_id"]: i for i in plan.instances}
+    unknown = [p.get("instance_id") for p in preds if p.get("instance_id") not in by_id]
+    if unknown:
+        raise UserError(f"predictions for instances not in {plan.name}: {', '.join(map(str, unknown[:5]))}")
+    arm = "evaluate-only"
+    out = plan.output / arm
+    for p in preds:
+        report = evaluate_fn(by_id[p["instance_id"]], p.get("model_patch") or "")
+        atomic_write_json(out / "eval" / f"{p['instance_id']}.json", report)
+        mark = "[green]resolved[/green]" if report.get("resolved") else "[red]not resolved[/red]"
+        console.print(f"{p['instance_id']}: {mark}")
+    report = bench_report(plan.output, [arm], [p["instance_id"] for p in preds], plan.name)
+    console.print(report_table(report))
+    return 0

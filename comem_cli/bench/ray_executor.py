@@ -1,0 +1,58 @@
+"""`--executor ray`: instances run as Ray tasks on a cluster (each node with its own Docker daemon).
+
+A task runs one (arm, instance) in a scratch directory on its node and returns the run's files;
+the driver writes them into the same outputs as the thread executor, as results stream back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from comem_cli.errors import UserError
+from comem_cli.rollouts import atomic_write_text
+
+
+def _run_remote(plan, arm: str, instance: dict[str, Any]) -> dict[str, Any]:
+    """Executed on a Ray worker: one run, in a scratch output dir, returned as files."""
+    from comem_cli.bench.runner import Progress, run_one
+    from comem_cli.run import load_memory_backend
+
+    with tempfile.TemporaryDirectory(prefix="comem-ray-") as scratch:
+        local = plan.__class__(**{**plan.__dict__, "output": Path(scratch)})
+        config = local.config.model_copy(deep=True)
+        config.memory = config.memory.model_copy(update={"arm": arm})
+        backend, owned = load_memory_backend(config)
+        try:
+            run_one(local, arm, instance, backend, Progress(total=1))
+        finally:
+            if owned:
+                backend.close()
+        run_dir = local.arm_dir(arm) / "runs" / instance["instance_id"]
+        return {"files": {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
+
+
+def run_on_ray(plan, todo: list, to_evaluate: list, complete: Callable, progress) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'ray[default]'") from None
+    try:
+        ray.init(address=plan.ray_address, ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    except Exception as e:
+        raise UserError(f"cannot connect to Ray at {plan.ray_address or 'a new local instance'}: {str(e).splitlines()[0][:160]}") from None
+    remote = ray.remote(_run_remote)
+    pending = {remote.remote(plan, arm, inst): (arm, inst) for arm, inst in todo}
+    for arm, inst in to_evaluate:
+        complete(arm, inst, None)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        arm, inst = pending.pop(ready[0])
+        files = ray.get(ready[0])["files"]
+        run_dir = plan.arm_dir(arm) / "runs" / inst["instance_id"]
+        for name, text in files.items():
+            atomic_write_text(run_dir / name, text)
+        progress.set(f"ray {arm}", f"{arm:6s} {inst['instance_id']}  done")
+        complete(arm, inst, files.get("patch.diff", ""))
