@@ -53,6 +53,7 @@ def fix(
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
+    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length."),
 ):
     """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
     from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
@@ -70,7 +71,8 @@ def fix(
         sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout),
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
         memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
-                            model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout),
+                            model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
+                            max_summary_tokens=max_summary_tokens),
     )
     user_repo = UserRepo(repo)
     the_issue = resolve_issue(issue, origin_url=user_repo.origin_url(), api_base=github_api)

@@ -1,8 +1,9 @@
 """`comem demo`: the whole product on a bundled example, with no API key.
 
-The main model is a RECORDED REPLAY (examples/calc.replay.json) served by the scripted
-OpenAI-compatible server on 127.0.0.1 and reached through litellm like any provider; everything
-else is real: the Docker sandbox, the commands, the patch and the new branch.
+The main model and the memory model are a RECORDED REPLAY (examples/calc.replay.json), served by
+the scripted OpenAI-compatible server on 127.0.0.1 at a real API's pace and reached through
+litellm like any provider. Everything else is real: the k-step-off memory pipeline (k=2), the
+Docker sandbox, the commands, the patch and the new branch.
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ def run_demo(workdir: Path, output: Path) -> int:
     repo_dir = prepare_repo(workdir)
     repo = UserRepo(repo_dir)
     issue = resolve_issue(str(repo_dir / "ISSUE.md"))
-    console.print("[bold yellow]comem demo[/bold yellow]: the main model is a [bold]RECORDED REPLAY[/bold] "
-                  "(examples/calc.replay.json) served on 127.0.0.1; the sandbox, commands, patch and branch are real.")
-    with ScriptedServer(Script(replay["replies"])) as server:
+    console.print("[bold yellow]comem demo[/bold yellow]: main model and memory model are a [bold]RECORDED REPLAY[/bold] "
+                  "(examples/calc.replay.json) served on 127.0.0.1; the memory pipeline, sandbox, commands, patch "
+                  "and branch are real.")
+    summaries = iter(replay["summaries"] + [replay["summaries"][-1]] * 100)
+    with ScriptedServer(Script(replay["replies"]), latency_s=replay["main_latency_s"]) as server, \
+            ScriptedServer(lambda body: next(summaries), latency_s=replay["memory_latency_s"]) as memory:
         config = RunConfig(model=ModelConfig(name="openai/recorded-replay", api_base=server.url),
-                           agent=AgentConfig(max_steps=20), memory=MemoryConfig(arm="full"))
+                           agent=AgentConfig(max_steps=20),
+                           memory=MemoryConfig(arm="comem", k=2, backend="openai", model="openai/recorded-memory",
+                                               api_base=memory.url))
         outcome = fix(repo, issue, config, output=output, branch=DEMO_BRANCH, on_step=print_step,
                       on_start=lambda run_dir, image: console.print(f"[dim]repo {repo_dir} · sandbox {image} · run dir {run_dir}[/dim]"))
     console.print(run_table(outcome))

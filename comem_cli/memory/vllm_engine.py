@@ -40,8 +40,7 @@ __all__ = ["Cancelled", "VLLMBackend", "cuda_available"]
 _DEFAULT_CPU_KV_BYTES = 2 * 1024**3
 
 
-class Cancelled(Exception):
-    """The summary request was cancelled (aborted in the engine) before it finished."""
+from comem_cli.memory.backends import Cancelled  # noqa: E402  (one exception for every backend)
 
 
 def cuda_available() -> bool:

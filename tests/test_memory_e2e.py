@@ -1,0 +1,48 @@
+"""A real memory model inside a real `comem fix` run: a tiny causal LM built by the test (random
+weights, tokenizer trained on the fly, save_pretrained) through the transformers backend, in Docker."""
+
+from __future__ import annotations
+
+import pytest
+
+from comem_cli.rollouts import read_run
+from comem_cli.testing.scripted_server import Script, ScriptedServer
+from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
+
+pytestmark = pytest.mark.docker
+
+# A longer scripted session: a few look-arounds before the fix, so several summaries are made.
+LONG_SCRIPT = [f"THOUGHT: Look around ({i}).\n\n```bash\nls -la && head -3 words.py\n```" for i in range(4)] + FIX_SCRIPT
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from comem_cli.testing.tiny_models import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny") / "memory-model", seed=0)
+
+
+def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm, docker_client):
+    out = tmp_path / "runs"
+    with ScriptedServer(Script(LONG_SCRIPT)) as main:
+        r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
+                    "--api-base", main.url, "-o", str(out), "--memory", "comem", "--k", "2",
+                    "--memory-backend", "transformers", "--memory-model", str(tiny_lm), "--max-summary-tokens", "48",
+                    timeout=600)
+        requests = list(main.requests)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run_dir,) = list(out.iterdir())
+    run = read_run(run_dir)
+    totals = run.meta["totals"]
+    assert run.meta["status"] == "submitted" and totals["arm"] == "comem" and totals["k"] == 2
+    # The tiny model really ran: jobs were launched every 2 steps and summaries (random text, but
+    # text) reached the main model's views.
+    assert totals["memory_jobs"] >= 3 and totals["summaries"] >= 1
+    used = [s for s in run.steps if s.view.summary_cutoff is not None]
+    assert used, "no view carried a summary"
+    first = used[0]
+    assert "<memory>" in requests[first.step]["messages"][2]["content"]
+    assert first.view.raw_start == first.view.summary_cutoff and first.view.raw_end == first.step
+    # The fix still lands on the branch.
+    assert "text.split()" in git(words_repo, "show", "comem/count-words-miscounts:words.py")
+    assert comem_containers(docker_client, run_dir.name) == []
