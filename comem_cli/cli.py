@@ -90,11 +90,11 @@ def fix(
 
 @app.command()
 def bench(
-    name: str = typer.Argument(..., help="swe-mini | swebench-verified | swebench-lite"),
+    name: str = typer.Argument(..., help="swe-mini | swebench-verified | swebench-lite | latency"),
     model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name)."),
     api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE"),
     memory: str = typer.Option("comem", "--memory", help="Arm(s), comma-separated: full,mask,sync,comem (run on the same instances)."),
-    k: int = typer.Option(2, "--k", min=0),
+    k: str = typer.Option("2", "--k", help="Lag k >= 0 (latency: a comma list, e.g. 1,2,4)."),
     every: Optional[int] = typer.Option(None, "--every", min=1),
     raw_budget: int = typer.Option(12000, "--raw-budget", min=256),
     memory_backend: str = typer.Option("auto", "--memory-backend"),
@@ -117,10 +117,26 @@ def bench(
     max_steps: int = typer.Option(100, "--max-steps", min=1),
     cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0),
     timeout: int = typer.Option(120, "--timeout", min=1),
+    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="latency: recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable."),
+    serving: str = typer.Option("model", "--serving", help="latency: model (cost model, virtual time) | local (tiny real models) | endpoint (real servers)."),
+    concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="latency: concurrent runs sharing the servers, comma-separated."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="latency: also write the rows to this JSON file."),
+    prewarm: Optional[bool] = typer.Option(None, "--prewarm/--no-prewarm", help="latency: pre-warm swapped prompts (default: rows with and without)."),
+    command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="latency: seconds per command when the recording has no timings."),
+    summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="latency: tokens the memory model writes per summary."),
+    cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="latency: cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="latency: check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%)."),
 ):
-    """Run a benchmark, evaluate it, and compare memory arms side by side."""
+    """Run a benchmark, evaluate it, and compare memory arms side by side (`latency`: replay recorded runs and time the arms)."""
     from comem_cli.bench.cli_bench import bench_command
 
+    if name != "latency":
+        try:
+            k = int(k)
+        except ValueError:
+            raise UserError(f"--k takes one integer >= 0 (got {k!r}; a comma list only with `comem bench latency`)") from None
+        if k < 0:
+            raise UserError(f"--k must be >= 0 (got {k})")
     raise typer.Exit(bench_command(**locals()))
 
 
@@ -153,11 +169,12 @@ def sandbox_prune():
 def demo(
     workdir: Path = typer.Option(Path("comem-demo"), "--dir", help="Where to create the example repository."),
     output: Path = typer.Option(Path("runs"), "--output", "-o"),
+    real_memory: bool = typer.Option(False, "--real-memory", help="Summarize with SmolLM2-135M on this CPU instead of the replayed memory model."),
 ):
     """Fix a bundled example repository with a RECORDED REPLAY of the main model (no API key needed)."""
     from comem_cli.demo import run_demo
 
-    raise typer.Exit(run_demo(workdir, output))
+    raise typer.Exit(run_demo(workdir, output, real_memory))
 
 
 def main() -> None:

