@@ -140,6 +140,19 @@ def bench(
     raise typer.Exit(bench_command(**locals()))
 
 
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A run dir, a bench output dir, or a train-memory output dir."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file [default: PATH/report.html]; the PNG goes beside it."),
+):
+    """Write an HTML page and a PNG: timelines of model calls, commands, memory jobs and waits; curves."""
+    from comem_cli.report import write_report
+    from comem_cli.ui import console
+
+    html_path, png_path = write_report(path, output)
+    console.print(f"wrote {html_path} and {png_path}")
+
+
 @sandbox_app.command("build")
 def sandbox_build(force: bool = typer.Option(False, "--force", help="Rebuild even if the images exist.")):
     """Build the sandbox images locally (debootstrap base + sandbox/Dockerfile; no registry needed)."""

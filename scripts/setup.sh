@@ -12,6 +12,13 @@ log() { echo "setup: $*" >&2; }
 # -- 1. Docker ---------------------------------------------------------------------------------
 bash scripts/docker.sh
 
+# Chromium renders `comem report` pages in the tests (headless).
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing chromium (apt)"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+
 # -- 2. Python environment ---------------------------------------------------------------------
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }

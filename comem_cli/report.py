@@ -1,0 +1,235 @@
+"""`comem report DIR`: a self-contained HTML page (inline SVG, no scripts) and a PNG for a run, a
+bench, or a training run.
+
+- Timeline (Gantt) per run: main-model calls, commands, memory jobs (queued -> running) and waits,
+  step by step, so the overlap of memory work with agent work is visible.
+- Curves: per-step main-model latency and prompt tokens, one line per arm.
+- Training: the reward curve (mean with a std band) from train_report.json.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from comem_cli.errors import UserError
+from comem_cli.rollouts import RunRecord, atomic_write_text, read_run
+
+COLORS = {"model": "#4C78A8", "command": "#72B7B2", "memory": "#F58518", "queued": "#FBD38D", "wait": "#E45756",
+          "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "comem": "#F58518", "reward": "#B279A2"}
+
+
+@dataclass
+class Sources:
+    runs: dict[str, list[RunRecord]]  # arm (or "run") -> runs
+    training: dict[str, Any] | None
+    title: str
+
+
+def find_sources(path: Path) -> Sources:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory (give a run dir, a bench output dir or a training output dir)")
+    training = None
+    if (path / "train_report.json").is_file():
+        training = json.loads((path / "train_report.json").read_text())
+    runs: dict[str, list[RunRecord]] = {}
+    for traj in sorted(path.rglob("trajectory.jsonl")):
+        run = read_run(traj.parent)
+        arm = run.meta.get("arm") or run.meta.get("config", {}).get("memory", {}).get("arm") or "run"
+        runs.setdefault(arm, []).append(run)
+    if not runs and training is None:
+        raise UserError(f"{path} holds no comem run (trajectory.jsonl) and no train_report.json")
+    return Sources(runs=runs, training=training, title=path.name)
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def timeline_svg(run: RunRecord, width: int = 1100) -> str:
+    """One run's Gantt chart. Every step is a <g class="timeline-step" data-step=...> group."""
+    steps = run.steps
+    if not steps:
+        return "<p>no steps recorded</p>"
+    jobs = run.meta.get("memory_jobs") or []
+    waits = [e for s in steps for e in s.memory if e.get("kind") == "wait"]
+    t0 = min([s.model.start for s in steps] + [j["queued"] for j in jobs if j.get("queued")])
+    t1 = max([s.command.end if s.command else s.model.end for s in steps] + [j["finished"] for j in jobs if j.get("finished")])
+    span = max(t1 - t0, 1e-6)
+    left, lane_h, top = 90, 22, 24
+    lanes = {"model": 0, "command": 1, "memory": 2, "wait": 3}
+    height = top + lane_h * len(lanes) + 20
+    x = lambda t: left + (t - t0) / span * (width - left - 10)  # noqa: E731
+
+    def rect(cls: str, a: float, b: float, lane: str, attrs: str, title: str, color: str) -> str:
+        y = top + lanes[lane] * lane_h
+        return (f'<rect class="tl {cls}" {attrs} x="{x(a):.1f}" y="{y + 3}" width="{max(x(b) - x(a), 1.0):.1f}" '
+                f'height="{lane_h - 6}" fill="{color}"><title>{_esc(title)}</title></rect>')
+
+    parts = [f'<svg class="timeline" data-run="{_esc(run.path.name)}" width="{width}" height="{height}" '
+             f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
+    for lane, i in lanes.items():
+        parts.append(f'<text x="4" y="{top + i * lane_h + 15}">{lane}</text>')
+    for tick in range(0, 11):
+        t = t0 + span * tick / 10
+        parts.append(f'<text x="{x(t):.1f}" y="12" fill="#666">{t - t0:.1f}s</text>')
+    for s in steps:
+        parts.append(f'<g class="timeline-step" data-step="{s.step}">')
+        parts.append(rect("model", s.model.start, s.model.end, "model", f'data-step="{s.step}"',
+                          f"step {s.step}: main model {s.model.seconds:.2f}s, {s.prompt_tokens} prompt tokens", COLORS["model"]))
+        if s.command:
+            parts.append(rect("command", s.command.start, s.command.end, "command", f'data-step="{s.step}"',
+                              f"step {s.step}: {s.action or ''}"[:200], COLORS["command"]))
+        parts.append("</g>")
+    for j in jobs:
+        if j.get("started") and j.get("queued"):
+            parts.append(rect("memory-queued", j["queued"], j["started"], "memory", f'data-job="{j["id"]}"',
+                              f"job {j['id']} queued", COLORS["queued"]))
+        if j.get("started") and j.get("finished"):
+            parts.append(rect("memory", j["started"], j["finished"], "memory", f'data-job="{j["id"]}" data-cutoff="{j["cutoff"]}"',
+                              f"job {j['id']}: summary of steps 0-{j['cutoff'] - 1}, {j['status']}, {j['finished'] - j['started']:.2f}s",
+                              COLORS["memory"]))
+    for w in waits:
+        parts.append(rect("wait", w["start"], w["end"], "wait", f'data-step="{w["step"]}"',
+                          f"step {w['step']} waited {w['end'] - w['start']:.2f}s ({w['reason']})", COLORS["wait"]))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def curves_svg(series: dict[str, list[float]], kind: str, unit: str, width: int = 540, height: int = 240) -> str:
+    """Line chart, one polyline per series (<polyline class="curve KIND" data-arm=...>)."""
+    values = [v for vs in series.values() for v in vs]
+    if not values:
+        return ""
+    vmax = max(values) or 1.0
+    nmax = max(len(vs) for vs in series.values())
+    left, bottom = 50, 24
+    x = lambda i: left + i / max(nmax - 1, 1) * (width - left - 10)  # noqa: E731
+    y = lambda v: height - bottom - v / vmax * (height - bottom - 10)  # noqa: E731
+    parts = [f'<svg class="chart {kind}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
+             f'font-family="sans-serif" font-size="11"><text x="4" y="14">{_esc(kind)} ({_esc(unit)})</text>'
+             f'<text x="4" y="{y(vmax):.0f}" fill="#666">{vmax:.3g}</text><text x="{width - 60}" y="{height - 6}" fill="#666">step</text>']
+    for i, (name, vs) in enumerate(series.items()):
+        color = COLORS.get(name, ["#4C78A8", "#F58518", "#54A24B", "#E45756"][i % 4])
+        points = " ".join(f"{x(j):.1f},{y(v):.1f}" for j, v in enumerate(vs))
+        parts.append(f'<polyline class="curve {kind}" data-arm="{_esc(name)}" fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
+        parts.append(f'<text x="{width - 120}" y="{30 + 14 * i}" fill="{color}">{_esc(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def per_step_mean(runs: list[RunRecord], field: str) -> list[float]:
+    """Mean over runs of a per-step value, step by step."""
+    columns: dict[int, list[float]] = {}
+    for run in runs:
+        for s in run.steps:
+            columns.setdefault(s.step, []).append(s.model.seconds if field == "latency" else float(s.prompt_tokens))
+    return [sum(columns[i]) / len(columns[i]) for i in sorted(columns)]
+
+
+def totals_table(runs: dict[str, list[RunRecord]]) -> str:
+    rows = ["<table class='totals'><tr><th>arm</th><th>runs</th><th>steps</th><th>status</th><th>wall s</th>"
+            "<th>summaries</th><th>hidden</th><th>waits</th></tr>"]
+    for arm, rs in runs.items():
+        t = [r.meta.get("totals", {}) for r in rs]
+        hidden = [x.get("hidden_fraction") for x in t if x.get("hidden_fraction") is not None]
+        statuses = sorted({r.meta.get("status", "?") for r in rs})
+        rows.append(f"<tr><td>{_esc(arm)}</td><td>{len(rs)}</td><td>{sum(len(r.steps) for r in rs)}</td>"
+                    f"<td>{_esc(', '.join(statuses))}</td><td>{sum(x.get('wall_s', 0) for x in t):.1f}</td>"
+                    f"<td>{sum(x.get('summaries', 0) or 0 for x in t)}</td>"
+                    f"<td>{(100 * sum(hidden) / len(hidden)) if hidden else 0:.0f}%</td>"
+                    f"<td>{sum(x.get('waits', 0) or 0 for x in t)}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def reward_series(training: dict[str, Any]) -> tuple[list[float], list[float]]:
+    steps = training.get("steps") or training.get("log") or []
+    means = [s.get("reward_mean", s.get("reward")) for s in steps if s.get("reward_mean", s.get("reward")) is not None]
+    stds = [s.get("reward_std", 0.0) or 0.0 for s in steps if s.get("reward_mean", s.get("reward")) is not None]
+    return means, stds
+
+
+def render_html(src: Sources, max_timelines: int = 8) -> str:
+    body = [f"<h1>comem report: {_esc(src.title)}</h1>"]
+    if src.runs:
+        body.append("<h2>Runs</h2>" + totals_table(src.runs))
+        latency = {arm: per_step_mean(rs, "latency") for arm, rs in src.runs.items()}
+        tokens = {arm: per_step_mean(rs, "tokens") for arm, rs in src.runs.items()}
+        body.append("<h2>Per-step main-model latency and prompt tokens</h2><div class='charts'>"
+                    + curves_svg(latency, "latency", "s") + curves_svg(tokens, "prompt-tokens", "tokens") + "</div>")
+        body.append("<h2>Timelines</h2><p>main model, commands, memory jobs (light: queued, dark: running) and waits</p>")
+        shown = 0
+        for arm, rs in src.runs.items():
+            for run in rs:
+                if shown >= max_timelines:
+                    break
+                label = run.meta.get("instance_id") or run.meta.get("issue", {}).get("title") or run.path.name
+                body.append(f"<h3>{_esc(arm)} · {_esc(label)}</h3>" + timeline_svg(run))
+                shown += 1
+    if src.training is not None:
+        means, _ = reward_series(src.training)
+        body.append("<h2>Training reward</h2>" + curves_svg({"reward": means}, "reward", "mean reward per step"))
+    style = ("body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.charts{display:flex;gap:16px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>comem report {_esc(src.title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def render_png(src: Sources, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (2 if src.runs else 0) + (1 if src.training is not None else 0)
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), squeeze=False)
+    ax_iter = iter(axes[:, 0])
+    if src.runs:
+        ax = next(ax_iter)
+        run = next(iter(src.runs.values()))[0]
+        t0 = min(s.model.start for s in run.steps) if run.steps else 0
+        for s in run.steps:
+            ax.barh("model", s.model.seconds, left=s.model.start - t0, color=COLORS["model"])
+            if s.command:
+                ax.barh("command", s.command.seconds, left=s.command.start - t0, color=COLORS["command"])
+            for w in (e for e in s.memory if e.get("kind") == "wait"):
+                ax.barh("wait", w["end"] - w["start"], left=w["start"] - t0, color=COLORS["wait"])
+        for j in run.meta.get("memory_jobs") or []:
+            if j.get("started") and j.get("finished"):
+                ax.barh("memory", j["finished"] - j["started"], left=j["started"] - t0, color=COLORS["memory"])
+        ax.set_title(f"timeline: {run.path.name}")
+        ax.set_xlabel("seconds")
+        ax = next(ax_iter)
+        for arm, rs in src.runs.items():
+            ax.plot(per_step_mean(rs, "latency"), label=arm, color=COLORS.get(arm))
+        ax.set_title("per-step main-model latency")
+        ax.set_xlabel("step")
+        ax.set_ylabel("s")
+        ax.legend()
+    if src.training is not None:
+        ax = next(ax_iter)
+        means, stds = reward_series(src.training)
+        ax.plot(means, color=COLORS["reward"])
+        ax.fill_between(range(len(means)), [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=COLORS["reward"], alpha=0.2)
+        ax.set_title("training reward")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(path: Path, output: Path | None = None) -> tuple[Path, Path]:
+    src = find_sources(path)
+    out = Path(output) if output else Path(path) / "report.html"
+    atomic_write_text(out, render_html(src))
+    png = out.with_suffix(".png")
+    render_png(src, png)
+    return out, png
