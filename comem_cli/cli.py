@@ -153,6 +153,38 @@ def report(
     console.print(f"wrote {html_path} and {png_path}")
 
 
+@app.command("train-memory")
+def train_memory(
+    rollouts: list[Path] = typer.Option(..., "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json); repeatable."),
+    output: Path = typer.Option(Path("memory-model"), "--output", "-o", help="Checkpoints, final/, train_report.json, reward_curve.png."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id or local directory."),
+    policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for the reward: litellm name or local model directory."),
+    policy_api_base: Optional[str] = typer.Option(None, "--policy-api-base"),
+    stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo [default: sft when --teacher is given, then grpo]."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="litellm model writing warm-up summaries for SFT."),
+    teacher_api_base: Optional[str] = typer.Option(None, "--teacher-api-base"),
+    k: int = typer.Option(2, "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
+    only_resolved: bool = typer.Option(False, "--only-resolved", help="Only runs whose evaluation says resolved."),
+    group_size: int = typer.Option(16, "--group-size", min=2),
+    lr: float = typer.Option(1e-6, "--lr"),
+    kl: float = typer.Option(0.01, "--kl"),
+    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=8),
+    steps: int = typer.Option(100, "--steps", min=1),
+    lora: bool = typer.Option(False, "--lora/--full", help="LoRA adapters (merged into final/) or full fine-tuning."),
+    save_every: int = typer.Option(50, "--save-every", min=1),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
+    max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
+    max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
+    eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9),
+    seed: int = typer.Option(0, "--seed"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print sample statistics and stop."),
+):
+    """Train the memory model on recorded runs (reward: the policy acts as it did with full history)."""
+    from comem_cli.train.cli_train import train_memory_command
+
+    raise typer.Exit(train_memory_command(dict(locals())))
+
+
 @sandbox_app.command("build")
 def sandbox_build(force: bool = typer.Option(False, "--force", help="Rebuild even if the images exist.")):
     """Build the sandbox images locally (debootstrap base + sandbox/Dockerfile; no registry needed)."""

@@ -1,0 +1,121 @@
+"""`comem train-memory`: recorded runs -> SPEC-4 samples -> (SFT warm-up) -> GRPO -> a checkpoint.
+
+The checkpoint (`OUTPUT/final`, a plain Hugging Face directory, LoRA merged) is what
+`--memory-model OUTPUT/final` loads in every memory backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from comem_cli.errors import UserError
+
+
+def load_samples(rollouts: list[Path], *, k: int, only_resolved: bool, max_history_tokens: int | None,
+                 max_per_trajectory: int | None, eval_fraction: float, seed: int, console):
+    from comem_cli.train.samples import build_samples, split_by_task
+    from comem_cli.trajectories import discover
+
+    trajectories, skipped = discover(rollouts)
+    console.print(f"read {len(trajectories)} trajectories" + (f", skipped {len(skipped)}" if skipped else ""))
+    for path, reason in skipped[:10]:
+        console.print(f"  [yellow]skipped[/yellow] {path}: {reason}")
+    if len(skipped) > 10:
+        console.print(f"  ... and {len(skipped) - 10} more")
+    if only_resolved:
+        trajectories = [t for t in trajectories if t.resolved]
+        console.print(f"{len(trajectories)} of them resolved their task (--only-resolved)")
+    samples = build_samples(trajectories, k, max_history_tokens=max_history_tokens, seed=seed,
+                            max_per_trajectory=max_per_trajectory)
+    if not samples:
+        raise UserError("no usable training samples in " + ", ".join(map(str, rollouts))
+                        + (" (--only-resolved left none)" if only_resolved else ""))
+    train, evaluation = split_by_task(samples, eval_fraction=eval_fraction, seed=seed)
+    return samples, train, evaluation
+
+
+def stats_table(samples, train, evaluation):
+    from rich.table import Table
+
+    from comem_cli.train.samples import sample_stats
+
+    stats = sample_stats(samples)
+    table = Table(title="train-memory samples", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("samples", f"{stats['samples']} ({len(train)} train / {len(evaluation)} eval, split by task)")
+    table.add_row("trajectories / tasks", f"{stats['trajectories']} / {stats['tasks']}")
+    table.add_row("by lag", ", ".join(f"j={lag}: {n}" for lag, n in stats["by_lag"].items()))
+    table.add_row("from resolved runs", str(stats["from_resolved_runs"]))
+    for key in ("history_steps", "history_tokens", "raw_tail_tokens"):
+        v = stats[key]
+        table.add_row(key.replace("_", " "), ", ".join(f"{name} {value:,.0f}" for name, value in v.items()))
+    table.add_row("history capped", str(stats["history_capped"]))
+    table.add_row("target programs", ", ".join(f"{p} {n}" for p, n in stats["target_programs"].items()))
+    return table
+
+
+def train_memory_command(o: dict[str, Any]) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from comem_cli.train.policy import PolicyError
+    from comem_cli.ui import console
+
+    if o["stage"] not in (None, "sft", "grpo"):
+        raise UserError(f"--stage must be sft or grpo (got {o['stage']!r})")
+    samples, train, evaluation = load_samples(
+        o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
+        max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"], console=console)
+    console.print(stats_table(samples, train, evaluation))
+    if o["dry_run"]:
+        return 0
+    if not o["base_model"]:
+        raise UserError("--base-model is required to train (a hub id or a local model directory)")
+    stages = [o["stage"]] if o["stage"] else (["sft"] if o["teacher"] else []) + ["grpo"]
+    if "sft" in stages and not o["teacher"]:
+        raise UserError("--stage sft needs --teacher MODEL (a litellm model that writes the warm-up summaries)")
+    if "grpo" in stages and not o["policy_model"]:
+        raise UserError("GRPO needs --policy-model (a litellm model name, with --policy-api-base, or a local model directory)")
+    output = Path(o["output"])
+    base = o["base_model"]
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeRemainingColumn(), console=console)
+    try:
+        with progress:
+            if "sft" in stages:
+                from comem_cli.train.sft import teacher_summaries, train_sft
+
+                task = progress.add_task("teacher summaries", total=len(train))
+                pairs = teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
+                                          on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+                task = progress.add_task("SFT", total=o["steps"])
+                report = train_sft(pairs, base_model=base, output_dir=output / "sft", lr=max(o["lr"], 1e-5),
+                                   steps=o["steps"], lora=o["lora"], save_every=o["save_every"], resume=o["resume"],
+                                   seed=o["seed"], on_log=lambda r: progress.update(task, completed=r.get("step", 0),
+                                                                                     description=f"SFT loss {r.get('loss', 0):.3f}"))
+                base = str(output / "sft" / "final")
+            if "grpo" in stages:
+                from comem_cli.train.grpo import train_grpo
+                from comem_cli.train.policy import make_policy
+
+                policy = make_policy(o["policy_model"], o["policy_api_base"])
+                task = progress.add_task("GRPO", total=o["steps"])
+
+                def on_log(r: dict) -> None:
+                    progress.update(task, completed=r.get("step", 0),
+                                    description=f"GRPO reward {r.get('reward_mean', 0):.3f} ± {r.get('reward_std', 0):.3f}")
+
+                report = train_grpo(train, evaluation, base_model=base, policy=policy, output_dir=output,
+                                    group_size=o["group_size"], lr=o["lr"], kl=o["kl"],
+                                    max_summary_tokens=o["max_summary_tokens"], steps=o["steps"], lora=o["lora"],
+                                    save_every=o["save_every"], resume=o["resume"], seed=o["seed"], on_log=on_log)
+    except PolicyError as e:
+        raise UserError(f"training stopped, the previous checkpoint is intact: {e}") from None
+    console.print(f"[bold]checkpoint[/bold] {output / 'final'}  (use: --memory-model {output / 'final'})")
+    before, after = report.get("eval_reward_before"), report.get("eval_reward_after")
+    if before is not None and after is not None:
+        console.print(f"held-out reward: {before:.3f} -> {after:.3f}")
+    console.print(f"report {output / 'train_report.json'} · curve {output / 'reward_curve.png'}")
+    return 0
