@@ -137,6 +137,13 @@ class Sandbox:
         self.base_commit = self._run_checked(f"cd {wd} && git rev-parse HEAD").strip()
         return self.base_commit
 
+    def adopt_repo(self) -> str:
+        """Use the git repository the image already has in the workdir (SWE-bench style images)."""
+        wd = self.config.workdir
+        self.base_commit = self._run_checked(
+            f"cd {wd} && printf '{JUNK}' >> .git/info/exclude && git rev-parse HEAD").strip()
+        return self.base_commit
+
     def execute(self, command: str, timeout: int | None = None, cwd: str | None = None) -> ExecResult:
         """Run one bash command in the container; output is stdout and stderr interleaved."""
         timeout = timeout or self.config.command_timeout_s

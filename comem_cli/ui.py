@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -9,7 +10,8 @@ from rich.table import Table
 
 from comem_cli.rollouts import StepRecord
 
-console = Console(highlight=False)
+# Piped output (logs, CI) gets wide lines rather than tables squeezed to 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 

@@ -41,6 +41,8 @@ def live_display(progress, started: float):
 
 
 def bench_command(**o: Any) -> int:
+    if o.get("name") == "latency":  # replay recorded runs and time the arms (comem_cli/bench/latency.py)
+        return __import__("comem_cli.bench.latency", fromlist=["latency_command"]).latency_command(**o)
     from rich.live import Live
 
     from comem_cli.bench import datasets

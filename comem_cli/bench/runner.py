@@ -116,8 +116,9 @@ def run_one(plan: BenchPlan, arm: str, instance: dict[str, Any], backend, progre
 
     progress.set(key, f"{arm:6s} {iid}  starting")
     _, meta = execute(instance["problem_statement"], plan.arm_config(arm, instance), run_dir, backend=backend,
+                      prepare=lambda sandbox: sandbox.adopt_repo(),
                       on_step=on_step, stop=stop, meta={"instance_id": iid, "benchmark": plan.name, "arm": arm},
-                      labels={"comem.bench": plan.output.name})
+                      labels={"comem.bench": str(plan.output.resolve())})
     progress.set(key, None)
     return meta
 

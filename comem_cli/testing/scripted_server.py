@@ -4,16 +4,18 @@ Used by the tests, the demo (a recorded replay of a main model) and benchmarks: 
 through litellm exactly as it would reach a provider (`--model openai/<any> --api-base <url>`).
 
 Replies come from a *responder*: a function of the request body. `Script` replays a list of replies
-per conversation (conversations are told apart by their first user message, i.e. the task, so the
-cursor advances once per call whatever the view looks like). Latency can be injected, proportional
-to prompt tokens, and failures (HTTP errors, hangs) scripted for the first calls.
+(or one list per task) statelessly: the reply for a request is the one for the step the view is at,
+read off the view itself (assistant turns shown, plus the steps covered by a summary block), so
+concurrent runs of one task, retries and every memory arm get the right reply. Latency can be
+injected, proportional to prompt tokens, and failures (HTTP errors, hangs) scripted for the first
+calls.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,20 +31,25 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return sum((len(str(m.get("content") or "")) + 3) // 4 + 4 for m in body.get("messages", []))
 
 
-def conversation_key(body: dict[str, Any]) -> str:
-    users = [m for m in body.get("messages", []) if m.get("role") == "user"]
-    first = str(users[0].get("content", "")) if users else ""
-    return hashlib.sha1(first.encode()).hexdigest()
+_SUMMARY_SPAN = re.compile(r"Summary of steps 0 to (\d+)")
+
+
+def step_index(body: dict[str, Any]) -> int:
+    """Which step a view is asking for: steps covered by its summary block + assistant turns shown."""
+    messages = body.get("messages", [])
+    covered = 0
+    for m in messages:
+        if m.get("role") == "user" and (match := _SUMMARY_SPAN.search(str(m.get("content") or ""))):
+            covered = int(match[1]) + 1
+    return covered + sum(1 for m in messages if m.get("role") == "assistant")
 
 
 class Script:
-    """Replays `replies` (a list, or {task substring: list}) in order, one cursor per conversation."""
+    """Replays `replies` (a list, or {task substring: list}): the reply for step n is replies[n]."""
 
     def __init__(self, replies: list[str] | dict[str, list[str]], on_exhausted: str = SUBMIT_REPLY):
         self.replies = replies
         self.on_exhausted = on_exhausted
-        self.cursors: dict[str, int] = {}
-        self.lock = threading.Lock()
 
     def _replies_for(self, body: dict[str, Any]) -> list[str]:
         if isinstance(self.replies, list):
@@ -56,10 +63,7 @@ class Script:
 
     def __call__(self, body: dict[str, Any]) -> str:
         replies = self._replies_for(body)
-        key = conversation_key(body)
-        with self.lock:
-            i = self.cursors.get(key, 0)
-            self.cursors[key] = i + 1
+        i = step_index(body)
         return replies[i] if i < len(replies) else self.on_exhausted
 
 

@@ -1,0 +1,166 @@
+"""`comem bench swe-mini` end to end in real Docker with the scripted model server: scripted runs
+that apply the gold patch, a wrong patch, or nothing; two workers, two arms; resume after SIGKILL;
+export + evaluate-only; the Ray executor; bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from comem_cli.bench.evaluation import load_swe_mini
+from comem_cli.testing.scripted_server import Script, ScriptedServer
+from tests.conftest import run_cli
+from tests.test_memory_http import SUMMARY
+
+pytestmark = pytest.mark.docker
+INSTANCES = load_swe_mini()
+GOLD, GOLD2, WRONG, NOTHING = INSTANCES[0], INSTANCES[1], INSTANCES[2], INSTANCES[3]
+
+
+def apply_patch_reply(patch: str) -> str:
+    return ("THOUGHT: Apply the fix.\n\n```bash\ncat > /tmp/fix.diff <<'COMEM_PATCH'\n" + patch.rstrip("\n")
+            + "\nCOMEM_PATCH\ngit apply /tmp/fix.diff && git status --short\n```")
+
+
+SUBMIT = "THOUGHT: Done.\n\n```bash\necho COMEM_SUBMIT\n```"
+LOOK = "THOUGHT: Look around.\n\n```bash\nls && git log --oneline | head -3\n```"
+
+
+def needle(instance) -> str:
+    return instance["problem_statement"].splitlines()[0]
+
+
+def script_for(instances) -> dict[str, list[str]]:
+    replies = {}
+    for inst in instances:
+        if inst is NOTHING:
+            replies[needle(inst)] = [SUBMIT]
+        elif inst is WRONG:  # edits a file, but not the bug: the tests still fail
+            replies[needle(inst)] = [LOOK, "THOUGHT: Tweak.\n\n```bash\necho '# touched' >> README* 2>/dev/null; "
+                                           "echo '# touched' >> setup.py; git status --short\n```", SUBMIT]
+        else:
+            replies[needle(inst)] = [LOOK, LOOK, apply_patch_reply(inst["patch"]), SUBMIT]
+    return replies
+
+
+def bench(*args, main_url: str, memory_url: str | None = None, **kwargs):
+    extra = ["--memory-backend", "openai", "--memory-model", "openai/mem", "--memory-api-base", memory_url] if memory_url else []
+    return run_cli("bench", "swe-mini", "-m", "openai/scripted", "--api-base", main_url, *extra, *args, timeout=900, **kwargs)
+
+
+def test_two_arms_two_workers_report_exactly_which_are_resolved(tmp_path, docker_client):
+    chosen = [GOLD, GOLD2, WRONG, NOTHING]
+    ids = ",".join(i["instance_id"] for i in chosen)
+    with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(lambda b: SUMMARY) as memory:
+        r = bench("--instances", ids, "--workers", "2", "--memory", "full,comem", "--k", "1", "-o", str(tmp_path),
+                  main_url=main.url, memory_url=memory.url)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = tmp_path / "swe-mini"
+    report = json.loads((out / "report.json").read_text())
+    expected = sorted([GOLD["instance_id"], GOLD2["instance_id"]])
+    for row in report["arms"]:
+        assert row["resolved"] == expected, row
+        assert row["instances"] == 4 and row["resolved_rate"] == 0.5 and row["evaluated"] == 4
+        assert row["step_latency_median_s"] is not None and row["e2e_total_s"] > 0
+    comem = next(r for r in report["arms"] if r["arm"] == "comem")
+    assert comem["k"] == 1 and comem["summaries"] >= 1 and comem["speedup_vs_full"] is not None
+    for arm in ("full", "comem"):
+        preds = json.loads((out / arm / "preds.json").read_text())
+        assert set(preds) == {i["instance_id"] for i in chosen}
+        assert preds[NOTHING["instance_id"]]["model_patch"] == ""
+        assert preds[GOLD["instance_id"]]["model_patch"].strip()
+        for inst in chosen:
+            meta = json.loads((out / arm / "runs" / inst["instance_id"] / "meta.json").read_text())
+            assert meta["status"] == "submitted" and meta["arm"] == arm
+            ev = json.loads((out / arm / "eval" / f"{inst['instance_id']}.json").read_text())
+            assert ev["resolved"] == (inst in (GOLD, GOLD2))
+    assert "resolved" in r.stdout and "speedup" in r.stdout
+    assert not docker_client.containers.list(all=True, filters={"label": f"comem.bench={out.resolve()}"})
+
+
+def test_resume_after_sigkill(tmp_path, docker_client):
+    chosen = INSTANCES[:4]
+    script = {needle(i): [LOOK, apply_patch_reply(i["patch"]), SUBMIT] for i in chosen}
+    with ScriptedServer(Script(script), latency_s=0.7) as main:
+        cmd = [sys.executable, "-m", "comem_cli", "bench", "swe-mini", "-m", "openai/scripted", "--api-base", main.url,
+               "--instances", ",".join(i["instance_id"] for i in chosen), "--workers", "1", "--memory", "full",
+               "--no-evaluate", "-o", str(tmp_path)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        preds_path = tmp_path / "swe-mini" / "full" / "preds.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and not (preds_path.exists() and len(json.loads(preds_path.read_text())) >= 2):
+            time.sleep(0.3)
+        time.sleep(1.0)  # into the third instance
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = json.loads(preds_path.read_text())
+        assert 2 <= len(first) < 4
+        started = {iid: json.loads((tmp_path / "swe-mini" / "full" / "runs" / iid / "meta.json").read_text())["started"]
+                   for iid in first}
+        bench_label = f"comem.bench={(tmp_path / 'swe-mini').resolve()}"
+        for c in docker_client.containers.list(all=True, filters={"label": bench_label}):
+            c.remove(force=True)  # what `comem sandbox prune` does after a killed process
+
+        r = run_cli(*cmd[3:], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    preds = json.loads(preds_path.read_text())  # valid JSON, complete
+    assert set(preds) == {i["instance_id"] for i in chosen}
+    for iid, t in started.items():  # nothing finished was redone
+        meta = json.loads((tmp_path / "swe-mini" / "full" / "runs" / iid / "meta.json").read_text())
+        assert meta["started"] == t and preds[iid] == first[iid]
+    for inst in chosen:
+        assert preds[inst["instance_id"]]["model_patch"].strip()
+
+
+def test_export_then_evaluate_only_gold(tmp_path, docker_client):
+    exported = tmp_path / "swe-mini.jsonl"
+    r = run_cli("bench", "swe-mini", "--export-dataset", str(exported))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [r["instance_id"] for r in rows] == [i["instance_id"] for i in INSTANCES]
+    preds = tmp_path / "gold-preds.json"
+    preds.write_text(json.dumps([{"instance_id": i["instance_id"], "model_name_or_path": "gold", "model_patch": i["patch"]}
+                                 for i in rows]))
+    r = run_cli("bench", "swe-mini", "--dataset", str(exported), "--evaluate-only", str(preds), "-o", str(tmp_path / "out"),
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "swe-mini" / "report.json").read_text())
+    assert report["arms"][0]["resolved"] == sorted(i["instance_id"] for i in rows)
+
+
+def test_ray_executor_on_a_local_ray_instance(tmp_path, docker_client):
+    pytest.importorskip("ray")
+    with ScriptedServer(Script(script_for([GOLD]))) as main:
+        r = bench("--instances", GOLD["instance_id"], "--memory", "full", "--executor", "ray", "-o", str(tmp_path),
+                  main_url=main.url)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = tmp_path / "swe-mini"
+    assert json.loads((out / "report.json").read_text())["arms"][0]["resolved"] == [GOLD["instance_id"]]
+    run_dir = out / "full" / "runs" / GOLD["instance_id"]
+    assert {"trajectory.jsonl", "meta.json", "patch.diff"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_bad_input(tmp_path):
+    def check(r, needle):
+        assert r.returncode == 2 and "Traceback" not in r.stderr and needle in r.stderr, r.stderr
+    check(run_cli("bench", "nope"), "unknown benchmark")
+    (tmp_path / "bad.json").write_text("{not json")
+    check(run_cli("bench", "swebench-verified", "--dataset", str(tmp_path / "bad.json")), "cannot read dataset file")
+    (tmp_path / "schemaless.jsonl").write_text('{"a": 1}\n')
+    check(run_cli("bench", "swebench-lite", "--dataset", str(tmp_path / "schemaless.jsonl")), "SWE-bench schema")
+    check(run_cli("bench", "swe-mini", "--instances", "no-such-id"), "not in the benchmark")
+    check(run_cli("bench", "swe-mini", "--filter", "zzz-matches-nothing"), "no instance matches")
+    check(run_cli("bench", "swe-mini", "--memory", "full,bogus"), "--memory takes arms")
+    report = tmp_path / "out" / "swe-mini" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text('{"kept": true}')
+    check(run_cli("bench", "swe-mini", "-m", "openai/x", "--api-base", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "out"),
+                  "--image-template", "comem-no-such-image:{id}"), "cannot be pulled")
+    assert report.read_text() == '{"kept": true}'  # outputs already written stay intact
