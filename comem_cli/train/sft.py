@@ -1,0 +1,282 @@
+"""SFT warm-up of the memory model on teacher summaries (SPEC 4), with trl's `SFTTrainer`.
+
+`teacher_summaries(samples, teacher_model)` asks a teacher (any litellm model) for the summary of
+each sample's memory input, i.e. exactly the messages the memory model is sent
+(`samples.memory_input`), and returns `(messages, summary)` pairs; replies the inference pipeline
+would reject (`transcript.looks_like_summary`) are dropped. `train_sft(pairs, ...)` fine-tunes the
+base model on them in trl's conversational prompt-completion format (loss on the summary only).
+
+Summaries recorded in comem runs are not used: a run's step events name the summary a step
+consumed only by its job id; the summary text itself is not stored, so there is nothing to learn
+from there. Teacher summaries are the warm-up source.
+
+Output layout (same rules as grpo.py: replaced only at the end of a successful run):
+
+    final/              Hugging Face checkpoint (LoRA merged), tokenizer included
+    sft_report.json     config, per-step loss, eval loss before / after when eval pairs are given
+    checkpoints/        trl checkpoints (`checkpoint-N`), `resume=True` continues from the newest
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from comem_cli.train.grpo import (
+    CHECKPOINTS,
+    FINAL,
+    chat_ids,
+    cleanup_tmp,
+    cuda_available,
+    last_complete_checkpoint,
+    load_for_training,
+    quiet_progress,
+    replace_dir,
+    save_final,
+    write_atomic,
+)
+from comem_cli.train.policy import PolicyError
+from comem_cli.train.samples import Sample, memory_input
+
+__all__ = ["TeacherError", "teacher_summaries", "train_sft"]
+
+REPORT = "sft_report.json"
+
+Pair = tuple[list[dict[str, str]], str]
+
+
+class TeacherError(PolicyError):
+    """The teacher model could not answer (one-line message)."""
+
+
+def teacher_summaries(
+    samples: Sequence[Sample],
+    teacher_model: str,
+    api_base: str | None = None,
+    *,
+    max_tokens: int = 2048,
+    workers: int = 4,
+    retries: int = 3,
+    timeout_s: float = 600.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Pair]:
+    """(memory input, teacher summary) for each sample whose summary looks like one.
+
+    Raises TeacherError when the teacher endpoint fails (after `retries`); a sample whose input
+    overflows the teacher's context is skipped.
+    """
+    from comem_cli.memory.transcript import looks_like_summary
+    from comem_cli.train.policy import LitellmPolicy, PolicyContextOverflow
+
+    client = LitellmPolicy(teacher_model, api_base, max_tokens=max_tokens, timeout_s=timeout_s, retries=retries,
+                           workers=1)
+    done = [0]
+    lock = threading.Lock()
+
+    def one(sample: Sample) -> Pair | None:
+        messages = memory_input(sample)
+        try:
+            text = client.propose(messages)
+        except PolicyContextOverflow:
+            text = None
+        except PolicyError as e:
+            raise TeacherError(str(e).replace("policy model", "teacher model", 1)) from None
+        with lock:
+            done[0] += 1
+            if on_progress is not None:
+                on_progress(done[0], len(samples))
+        return (messages, text.strip()) if text and looks_like_summary(text) else None
+
+    if workers <= 1 or len(samples) <= 1:
+        results = [one(s) for s in samples]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(samples))) as pool:
+            results = list(pool.map(one, samples))
+    return [r for r in results if r is not None]
+
+
+def _rows(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+    return [{"prompt": list(messages), "completion": [{"role": "assistant", "content": summary}]}
+            for messages, summary in pairs]
+
+
+def completion_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair]) -> float:
+    """Mean per-token negative log-likelihood of the summaries given their prompts (teacher forcing)."""
+    import torch
+
+    if not pairs:
+        return math.nan
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for messages, summary in pairs:
+            prompt = chat_ids(tokenizer, list(messages))
+            full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": summary}], tokenize=True)
+            if hasattr(full, "keys") and "input_ids" in full:
+                full = full["input_ids"]
+            full = list(full)
+            if full[:len(prompt)] != prompt or len(full) <= len(prompt):
+                continue
+            ids = torch.tensor([full], device=device)
+            with torch.inference_mode():
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+            target = ids[0, len(prompt):]
+            total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+            count += int(target.numel())
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan
+
+
+def train_sft(
+    pairs: Sequence[Pair],
+    *,
+    base_model: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    lr: float = 1e-5,
+    steps: int = 100,
+    lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    max_length: int | None = None,
+    save_every: int = 50,
+    keep_checkpoints: int | None = 2,
+    resume: bool = False,
+    seed: int = 0,
+    eval_pairs: Sequence[Pair] = (),
+    on_log: Callable[[dict], None] | None = None,
+    progress_bar: bool = False,
+    extra_config: dict[str, Any] | None = None,
+) -> dict:
+    """Fine-tune `base_model` on (messages, summary) pairs; return the report (also in output_dir/sft_report.json).
+
+    `max_length` (tokens of prompt + summary) drops longer pairs rather than truncating them (a cut
+    would remove the summary, which comes last). Raises UserError on bad input; `final/` is only
+    replaced when the run succeeds.
+    """
+    args = dict(locals())
+    with quiet_progress(not progress_bar):
+        return _train_sft(**args)
+
+
+def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_alpha, batch_size, grad_accum, max_length,
+               save_every, keep_checkpoints, resume, seed, eval_pairs, on_log, progress_bar, extra_config) -> dict:
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from comem_cli.errors import UserError
+
+    if not pairs:
+        raise UserError("no SFT pairs (teacher summaries) to train on")
+    if steps < 1:
+        raise UserError(f"--steps must be positive, got {steps}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cleanup_tmp(out)
+    ckpt_dir = out / CHECKPOINTS
+    resume_from = None
+    if resume:
+        resume_from = last_complete_checkpoint(ckpt_dir)
+        if resume_from is None:
+            raise UserError(f"--resume: no complete checkpoint under {ckpt_dir}")
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    model, tokenizer = load_for_training(base_model)
+    tokenizer.padding_side = "right"  # training batches; save_final writes the tokenizer left-padded
+    cuda = cuda_available()
+    if cuda:
+        model = model.to("cuda")
+    dropped = 0
+    if max_length is not None:
+        kept = []
+        for messages, summary in pairs:
+            n = len(chat_ids(tokenizer, [*messages])) + len(tokenizer(summary, add_special_tokens=False)["input_ids"]) + 8
+            if n <= max_length:
+                kept.append((messages, summary))
+        dropped = len(pairs) - len(kept)
+        pairs = kept
+        if not pairs:
+            raise UserError(f"every SFT pair is longer than max_length={max_length} tokens")
+    started = time.time()
+    eval_pairs = list(eval_pairs)
+    before = completion_loss(model, tokenizer, eval_pairs) if eval_pairs else None
+
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    import torch
+
+    config_kwargs: dict[str, Any] = dict(
+        output_dir=str(ckpt_dir), max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
+        per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum, max_length=None,
+        completion_only_loss=True, logging_steps=1, save_strategy="steps", save_steps=max(1, save_every),
+        save_total_limit=keep_checkpoints, seed=seed, data_seed=seed, report_to="none", use_cpu=not cuda,
+        bf16=bool(cuda and model.dtype == torch.bfloat16), fp16=False, gradient_checkpointing=False,
+        disable_tqdm=not progress_bar, dataloader_num_workers=0, dataset_num_proc=None, shuffle_dataset=True,
+    )
+    config_kwargs.update(extra_config or {})
+    args = SFTConfig(**config_kwargs)
+
+    class _Log(TrainerCallback):
+        def on_log(self, args_, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and on_log is not None:
+                on_log({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"]),
+                        "learning_rate": logs.get("learning_rate")})
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=[_Log()])
+    trainer.remove_callback(PrinterCallback)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        tmp_final = save_final(trainer.model, tokenizer, out, merge_lora=lora)
+        try:
+            after = None
+            if eval_pairs:
+                from transformers import AutoModelForCausalLM
+
+                final_model = AutoModelForCausalLM.from_pretrained(tmp_final, dtype=model.dtype)
+                if cuda:
+                    final_model = final_model.to("cuda")
+                after = completion_loss(final_model, tokenizer, eval_pairs)
+            steps_log = {}
+            for entry in trainer.state.log_history:
+                if "loss" in entry and "step" in entry:
+                    steps_log[int(entry["step"])] = {"step": int(entry["step"]), "loss": float(entry["loss"]),
+                                                     "learning_rate": entry.get("learning_rate"),
+                                                     "grad_norm": entry.get("grad_norm")}
+            report = {
+                "stage": "sft",
+                "config": {"base_model": str(base_model), "lr": lr, "steps": steps, "lora": lora, "batch_size": batch_size,
+                           "grad_accum": grad_accum, "max_length": max_length, "seed": seed},
+                "pairs": len(pairs), "pairs_dropped_too_long": dropped, "eval_pairs": len(eval_pairs),
+                "eval_loss_before": before, "eval_loss_after": after,
+                "steps_done": trainer.state.global_step, "train_seconds": round(time.time() - started, 1),
+                "final": str(out / FINAL), "checkpoints": str(ckpt_dir),
+                "resumed_from": str(resume_from) if resume_from else None,
+                "steps": [steps_log[k] for k in sorted(steps_log)],
+            }
+            write_atomic(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
+            replace_dir(tmp_final, out / FINAL)
+        except BaseException:
+            shutil.rmtree(tmp_final, ignore_errors=True)
+            raise
+    finally:
+        cleanup_tmp(out)
+    return report
