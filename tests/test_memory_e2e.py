@@ -46,3 +46,33 @@ def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm
     # The fix still lands on the branch.
     assert "text.split()" in git(words_repo, "show", "comem/count-words-miscounts:words.py")
     assert comem_containers(docker_client, run_dir.name) == []
+
+
+def test_train_memory_cli_checkpoint_drives_a_fix_run(words_repo, tmp_path, tiny_lm, docker_client):
+    """`comem train-memory` on the shared real trajectories (tiny base and policy models, 2 GRPO
+    steps), then the checkpoint it wrote is the memory model of a real `comem fix` run."""
+    from tests.conftest import SHARED
+
+    rollouts = SHARED / "data" / "trajectories"
+    if not rollouts.is_dir():
+        pytest.skip(f"shared trajectories not found at {rollouts}")
+    out = tmp_path / "memory-model"
+    r = run_cli("train-memory", "--rollouts", str(rollouts), "--base-model", str(tiny_lm), "--policy-model", str(tiny_lm),
+                "--steps", "2", "--group-size", "2", "--max-summary-tokens", "16", "--max-history-tokens", "400",
+                "--max-per-trajectory", "1", "--output", str(out), timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = __import__("json").loads((out / "train_report.json").read_text())
+    assert len(report["steps"]) == 2 and (out / "reward_curve.png").is_file()
+    assert (out / "final" / "config.json").is_file()
+
+    with ScriptedServer(Script(LONG_SCRIPT)) as main:
+        r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
+                    "--api-base", main.url, "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "comem", "--k", "2",
+                    "--memory-backend", "transformers", "--memory-model", str(out / "final"),
+                    "--max-summary-tokens", "32", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    run = read_run(run_dir)
+    assert run.meta["status"] == "submitted" and run.meta["config"]["memory"]["model"] == str(out / "final")
+    assert run.meta["totals"]["memory_jobs"] >= 3 and run.meta["totals"]["summaries"] >= 1
+    assert any(s.view.summary_cutoff is not None for s in run.steps)
