@@ -178,6 +178,7 @@ def train_memory(
     eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print sample statistics and stop."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (small models on a busy CPU run faster with 1)."),
 ):
     """Train the memory model on recorded runs (reward: the policy acts as it did with full history)."""
     from comem_cli.train.cli_train import train_memory_command

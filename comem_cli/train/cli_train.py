@@ -79,6 +79,10 @@ def train_memory_command(o: dict[str, Any]) -> int:
         raise UserError("GRPO needs --policy-model (a litellm model name, with --policy-api-base, or a local model directory)")
     output = Path(o["output"])
     base = o["base_model"]
+    if o.get("threads"):
+        import torch
+
+        torch.set_num_threads(o["threads"])
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeRemainingColumn(), console=console)
