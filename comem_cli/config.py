@@ -66,6 +66,7 @@ class MemoryConfig(BaseModel):
     timeout_s: float = 300.0  # a memory job older than this is given up (the run goes on)
     max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them
     incremental: bool = False  # summarize previous summary + new steps instead of the whole history
+    prewarm: bool = False  # after each summary, send the next swapped prompt with max_tokens=1 (prefix caches)
 
     @model_validator(mode="after")
     def _default_every(self) -> "MemoryConfig":

@@ -77,6 +77,17 @@ class LitellmModel:
         if missing:
             raise UserError(f"model {self.config.name!r} ({provider}) needs {', '.join(missing)} in the environment")
 
+    def prewarm(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """Send `messages` with max_tokens=1 so a prefix-caching server has them cached for the next
+        real call (SPEC 3.5, the swap cost). Never raises: a failed pre-warm only costs a cache miss."""
+        start = time.time()
+        try:
+            response = import_litellm().completion(messages=messages, **{**self._kwargs(), "max_tokens": 1}, num_retries=0)
+        except Exception as e:
+            return {"ok": False, "start": start, "end": time.time(), "error": short(e)}
+        usage = getattr(response, "usage", None)
+        return {"ok": True, "start": start, "end": time.time(), "prompt_tokens": getattr(usage, "prompt_tokens", None)}
+
     def query(self, messages: list[dict[str, str]]) -> ModelReply:
         litellm = import_litellm()
         transient = (litellm.RateLimitError, litellm.APIConnectionError, litellm.Timeout,

@@ -43,14 +43,15 @@ def new_run_dir(output: Path, issue: Issue) -> Path:
     return Path(output) / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{secrets.token_hex(2)}"
 
 
-def make_context(config: RunConfig, system: str, task: str, backend=None):
+def make_context(config: RunConfig, system: str, task: str, backend=None, model: LitellmModel | None = None):
     """The arm's context strategy; `sync` and `comem` need a memory backend (see memory/backends.py)."""
     arm = config.memory.arm
     if arm == "full":
         return FullContext(system, task)
     if arm == "mask":
         return MaskContext(system, task, config.memory.mask_window)
-    return MemoryContext(config.memory, system, task, backend)
+    prewarm = model.prewarm if (model is not None and config.memory.prewarm) else None
+    return MemoryContext(config.memory, system, task, backend, prewarm=prewarm)
 
 
 def load_memory_backend(config: RunConfig, backend=None):
@@ -80,8 +81,9 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
         with Sandbox(config.sandbox, labels={"comem.run": run_dir.name, **(labels or {})}) as sandbox:
             if prepare:
                 prepare(sandbox)
-            context = make_context(config, system, task, backend)
-            agent = Agent(LitellmModel(config.model), sandbox, context, writer, config.agent,
+            model = LitellmModel(config.model)
+            context = make_context(config, system, task, backend, model)
+            agent = Agent(model, sandbox, context, writer, config.agent,
                           command_timeout=config.sandbox.command_timeout_s, on_step=on_step, stop=stop)
             result = agent.run()
     except EnvironmentFailure as e:

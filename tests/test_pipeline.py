@@ -179,3 +179,31 @@ def test_property_coverage_append_only_and_justified_waits(k, every, n_steps, de
 def test_overlap_of_intervals():
     assert overlap((0, 10), [(1, 2), (1.5, 3), (8, 20)]) == pytest.approx(4.0)
     assert overlap((0, 1), []) == 0
+
+
+def test_prewarm_sends_the_next_swapped_prompt():
+    """With a pre-warm hook, each finished summary sends system + task + summary + raw tail so far,
+    which is exactly the prefix of the next view that uses that summary."""
+    sent = []
+    backend = GateBackend()
+    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=2, timeout_s=20), "sys", "task", backend, pool=POOL,
+                        prewarm=lambda messages: sent.append(messages) or {"ok": True, "start": 0.0, "end": 0.0})
+    steps = []
+    views = []
+    for n in range(6):
+        for job in ctx.jobs:
+            backend.gate(f"comem-{job.id}").set()
+            job.done.wait(10)
+        deadline = time.time() + 5
+        while len(sent) < sum(j.status == "done" for j in ctx.jobs) and time.time() < deadline:
+            time.sleep(0.01)
+        view, events = ctx.prepare(steps)
+        views.append(view)
+        steps.append(make_step(n))
+        ctx.completed(steps)
+    ctx.close()
+    assert len(sent) >= 2
+    first_swap = next(v for v in views if v.summary_cutoff is not None)
+    warmed = next(m for m in sent if "Summary of steps 0 to 1" in m[2]["content"])
+    assert first_swap.messages[: len(warmed)] == warmed
+    assert [e["kind"] for e in ctx.events if e["kind"] == "prewarm"]

@@ -118,12 +118,14 @@ class MemoryContext:
     """Arms `sync` (k = 0) and `comem` (k >= 1): the k-step-off pipeline."""
 
     def __init__(self, config: MemoryConfig, system: str, task: str, backend, *,
-                 pool: ThreadPoolExecutor | None = None, on_wait: Callable[[Job, str], None] | None = None):
+                 pool: ThreadPoolExecutor | None = None, on_wait: Callable[[Job, str], None] | None = None,
+                 prewarm: Callable[[list[dict[str, str]]], dict[str, Any]] | None = None):
         self.config, self.system, self.task, self.backend = config, system, task, backend
         self.arm = "sync" if config.k == 0 else "comem"
         self.k, self.every = config.k, config.every or max(config.k, 1)
         self.pool = pool or shared_pool()
         self.on_wait = on_wait  # observer (progress display, tests)
+        self.prewarm = prewarm  # sends the next swapped prompt with max_tokens=1 (prefix-cache warm-up)
         self.jobs: list[Job] = []
         self.active: Job | None = None  # submitted to the pool (maybe not started yet)
         self.queued: Job | None = None  # waiting for `active` to finish
@@ -183,6 +185,13 @@ class MemoryContext:
                 return
             job.summary = text if ok else None
             self._end(job, "done" if ok else "failed", error)
+            steps = list(self.steps)
+        if ok and self.prewarm is not None:
+            # The prompt the next call will start with: system, task, this summary, the raw tail so far.
+            view = build_view(self.system, self.task, steps, summary=text, summary_cutoff=job.cutoff)
+            result = self.prewarm(view.messages)
+            with self.lock:
+                self.events.append({"kind": "prewarm", "job": job.id, **result})
 
     def _end(self, job: Job, status: str, error: str | None = None) -> None:
         """Mark a job terminal and start the queued one, if any (call with the lock held)."""
