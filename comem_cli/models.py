@@ -86,7 +86,7 @@ class LitellmModel:
         except Exception as e:
             return {"ok": False, "start": start, "end": time.time(), "error": short(e)}
         usage = getattr(response, "usage", None)
-        return {"ok": True, "start": start, "end": time.time(), "prompt_tokens": getattr(usage, "prompt_tokens", None)}
+        return {"ok": True, "start": start, "end": time.time(), "prompt_tokens": getattr(usage, "prompt_tokens", None), "error": None}
 
     def query(self, messages: list[dict[str, str]]) -> ModelReply:
         litellm = import_litellm()

@@ -132,6 +132,7 @@ class MemoryContext:
         self.lock = threading.RLock()
         self.steps: list = []
         self.waits: list[dict[str, Any]] = []
+        self.waiting_on: Job | None = None  # the job the agent is blocked on, if any
         self.events: list[dict[str, Any]] = []  # consumed jobs, failures and fallbacks
         self.reported = (0, 0)  # how many waits / events earlier steps already recorded
 
@@ -184,9 +185,10 @@ class MemoryContext:
             if job.status != "running":  # timed out or cancelled meanwhile: the result is not wanted
                 return
             job.summary = text if ok else None
+            blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
             self._end(job, "done" if ok else "failed", error)
             steps = list(self.steps)
-        if ok and self.prewarm is not None:
+        if ok and self.prewarm is not None and not blocked:
             # The prompt the next call will start with: system, task, this summary, the raw tail so far.
             view = build_view(self.system, self.task, steps, summary=text, summary_cutoff=job.cutoff)
             result = self.prewarm(view.messages)
@@ -212,7 +214,11 @@ class MemoryContext:
             self.on_wait(job, reason)
         start = time.time()
         budget = self.config.timeout_s - (start - job.queued)
-        if not job.done.wait(timeout=max(budget, 0.0)):
+        with self.lock:
+            self.waiting_on = job
+        finished = job.done.wait(timeout=max(budget, 0.0))
+        self.waiting_on = None
+        if not finished:
             with self.lock:
                 if job.live:
                     self.backend.cancel(f"comem-{job.id}")
