@@ -54,6 +54,7 @@ def fix(
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
     max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length."),
+    prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
 ):
     """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
     from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
@@ -72,7 +73,7 @@ def fix(
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
         memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
-                            max_summary_tokens=max_summary_tokens),
+                            max_summary_tokens=max_summary_tokens, prewarm=prewarm),
     )
     user_repo = UserRepo(repo)
     the_issue = resolve_issue(issue, origin_url=user_repo.origin_url(), api_base=github_api)
@@ -121,7 +122,7 @@ def bench(
     serving: str = typer.Option("model", "--serving", help="latency: model (cost model, virtual time) | local (tiny real models) | endpoint (real servers)."),
     concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="latency: concurrent runs sharing the servers, comma-separated."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="latency: also write the rows to this JSON file."),
-    prewarm: Optional[bool] = typer.Option(None, "--prewarm/--no-prewarm", help="latency: pre-warm swapped prompts (default: rows with and without)."),
+    prewarm: Optional[bool] = typer.Option(None, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt (latency: default rows with and without)."),
     command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="latency: seconds per command when the recording has no timings."),
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="latency: tokens the memory model writes per summary."),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="latency: cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable."),

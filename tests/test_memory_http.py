@@ -89,3 +89,24 @@ def test_memory_failures_never_end_the_run(failure, words_repo, tmp_path, docker
         assert totals["summaries"] == 1
     assert comem_containers(docker_client, run.path.name) == []
     assert json.loads((run.path / "meta.json").read_text())["memory_jobs"]
+
+
+def test_prewarm_flag_sends_one_token_requests_with_the_swapped_prefix(words_repo, tmp_path, docker_client):
+    with ScriptedServer(lambda body: SUMMARY, latency_s=0.2) as memory:
+        run, requests, _ = run_arm(words_repo, tmp_path, "comem", memory, "--prewarm", latency=0.3)
+    warmups = [r for r in requests if r.get("max_tokens") == 1]
+    real = [r for r in requests if r.get("max_tokens") != 1]
+    assert warmups and len(real) == N_STEPS + 1
+    events = [e for s in run.steps for e in s.memory + (run.meta["totals"]["late_events"] if s is run.steps[-1] else [])
+              if e["kind"] == "prewarm"]
+    # (a pre-warm still in flight when the run ends is sent but not recorded)
+    assert len(warmups) - 1 <= len(events) <= len(warmups) and all(e["ok"] for e in events)
+    # Each pre-warmed prompt is the prefix of the next real call that carries that summary (all but
+    # a last one, whose summary came after the final step).
+    matched = 0
+    for warm in warmups:
+        later = [r for r in real if r["messages"][:3] == warm["messages"][:3] and len(r["messages"]) >= len(warm["messages"])]
+        if later:
+            assert later[0]["messages"][: len(warm["messages"])] == warm["messages"]
+            matched += 1
+    assert matched >= len(warmups) - 1 >= 1

@@ -66,7 +66,7 @@ def bench_command(**o: Any) -> int:
         sandbox=SandboxConfig(command_timeout_s=o["timeout"]),
         agent=AgentConfig(max_steps=o["max_steps"], cost_limit=o["cost_limit"]),
         memory=MemoryConfig(k=o["k"], every=o["every"], raw_budget=o["raw_budget"], backend=o["memory_backend"],
-                            model=o["memory_model"], api_base=o["memory_api_base"]),
+                            model=o["memory_model"], api_base=o["memory_api_base"], prewarm=bool(o.get("prewarm"))),
     )
     output = Path(o["output"]) / (o["run_id"] or o["name"])
     plan = BenchPlan(name=o["name"], instances=instances, arms=arms, config=config, output=output,

@@ -133,6 +133,7 @@ class MemoryContext:
         self.steps: list = []
         self.waits: list[dict[str, Any]] = []
         self.waiting_on: Job | None = None  # the job the agent is blocked on, if any
+        self.closed = False
         self.events: list[dict[str, Any]] = []  # consumed jobs, failures and fallbacks
         self.reported = (0, 0)  # how many waits / events earlier steps already recorded
 
@@ -188,7 +189,7 @@ class MemoryContext:
             blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
             self._end(job, "done" if ok else "failed", error)
             steps = list(self.steps)
-        if ok and self.prewarm is not None and not blocked:
+        if ok and self.prewarm is not None and not blocked and not self.closed:
             # The prompt the next call will start with: system, task, this summary, the raw tail so far.
             view = build_view(self.system, self.task, steps, summary=text, summary_cutoff=job.cutoff)
             result = self.prewarm(view.messages)
@@ -274,6 +275,7 @@ class MemoryContext:
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> dict[str, Any]:
         with self.lock:
+            self.closed = True
             for job in self.jobs:
                 if job.live:
                     if job.future is not None:
@@ -299,6 +301,7 @@ class MemoryContext:
             "wait_s": round(sum(w["end"] - w["start"] for w in self.waits), 3),
             "mask_fallbacks": sum(e["kind"] == "mask_fallback" for e in self.events),
             "jobs": [j.record() for j in self.jobs],
+            "late_events": self.events[self.reported[1]:],  # after the last step's view (e.g. a last pre-warm)
         }
 
 
