@@ -239,8 +239,8 @@ def target_rows(world):
     _, replays, workload, config = world
     rows = []
     for c in (1, 8, 32, 128):
-        for v in (Variant("full", None, None, None), Variant("sync", 0, 1, True), Variant("comem", 2, 2, True),
-                  Variant("comem", 4, 4, True)):
+        for v in (Variant("full", None, None, None), Variant("sync", 0, 2, True), Variant("sync", 0, 4, True),
+                  Variant("comem", 2, 2, True), Variant("comem", 4, 4, True)):
             rows.append(simulate(replays, v, c, params=CostParams(), workload=workload, config=config))
     add_ratios(rows)
     return {(r["arm"], r["k"], r["concurrency"]): r for r in rows}

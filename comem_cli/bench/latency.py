@@ -476,6 +476,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     def find(arm, row, same_prewarm):
         for r in rows:
             if r["arm"] == arm and r["concurrency"] == row["concurrency"] and r["serving"] == row["serving"]:
+                if arm == "sync" and row["arm"] in ("sync", "comem") and r["every"] != row["every"]:
+                    continue  # compare with the sync baseline that launches summaries as often
                 if not same_prewarm or r["prewarm"] == row["prewarm"] or row["prewarm"] is None:
                     return r
         return None
@@ -836,8 +838,9 @@ def variants(arms: Sequence[str], ks: Sequence[int], every: int | None, prewarm:
             continue
         if arm in ("full", "mask"):
             out.append(Variant(arm, None, None, None))
-        elif arm == "sync":
-            out.extend(Variant("sync", 0, every or 1, p) for p in prewarms)
+        elif arm == "sync":  # the coupled baseline at the same launch period as each comem k (as `--memory sync --k K`)
+            periods = sorted({every or max(k, 1) for k in ks} or {every or 1})
+            out.extend(Variant("sync", 0, e, p) for e in periods for p in prewarms)
         else:
             for k in ks:
                 if k == 0:
