@@ -93,7 +93,8 @@ def resolve_model(config: MemoryConfig) -> str:
 
         return str(smollm2_dir())
     except Exception as e:
-        raise UserError(f"no memory model: pass --memory-model (a directory, hub id, or openai/<name> with --memory-api-base) ({e})") from None
+        raise UserError(f"no memory model: pass --memory-model (a directory, hub id, or openai/<name> with "
+                        f"--memory-api-base), or run with --memory mask / full ({e})") from None
 
 
 def choose_backend(config: MemoryConfig) -> str:
@@ -106,7 +107,7 @@ def choose_backend(config: MemoryConfig) -> str:
     if _has("transformers"):
         return "transformers"
     raise UserError("no memory backend available: install comem[memory] (transformers) or comem[vllm], "
-                    "or point --memory-api-base at an OpenAI-compatible server")
+                    "point --memory-api-base at an OpenAI-compatible server, or run with --memory mask / full")
 
 
 def load_backend(config: MemoryConfig) -> MemoryBackend:
