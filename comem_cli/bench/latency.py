@@ -70,7 +70,7 @@ from typing import Any, Callable, Generator, Iterable, Sequence
 from comem_cli.bench.costmodel import Clock, CostParams, Engine, Request, apply_overrides
 from comem_cli.config import MemoryConfig
 from comem_cli.errors import UserError
-from comem_cli.memory.pipeline import FullContext, MaskContext, overlap
+from comem_cli.memory.pipeline import FullContext, MaskContext, overlap, raw_tokens
 from comem_cli.memory.transcript import memory_messages
 from comem_cli.views import View, build_view, estimate_tokens
 
@@ -274,11 +274,6 @@ class Workload:
             self.counter.register(block, tokens)
             self._blocks[key] = block
         return text
-
-
-def raw_tokens(steps, start: int) -> int:
-    """The pipeline's own budget measure (MemoryContext.raw_tokens)."""
-    return sum(estimate_tokens(s.response) + estimate_tokens(s.observation) for s in steps[start:])
 
 
 # ================================================================================ the k-step-off rules

@@ -240,9 +240,6 @@ class MemoryContext:
         done = [j for j in self.jobs if j.status == "done"]
         return max(done, key=lambda j: j.cutoff) if done else None
 
-    def raw_tokens(self, steps, start: int) -> int:
-        return sum(estimate_tokens(s.response) + estimate_tokens(s.observation) for s in steps[start:])
-
     def prepare(self, steps) -> tuple[View, list[dict[str, Any]]]:
         n = len(steps)
         self.steps = steps
@@ -251,7 +248,7 @@ class MemoryContext:
         if due and due[-1].live:  # the newest job whose deadline has arrived
             self.wait(due[-1], "deadline", n)
         best = self.newest_summary()
-        if self.raw_tokens(steps, best.cutoff if best else 0) > self.config.raw_budget:
+        if raw_tokens(steps, best.cutoff if best else 0) > self.config.raw_budget:
             newer = [j for j in self.jobs if j.live and j.cutoff > (best.cutoff if best else 0)]
             failing = bool(self.jobs) and self.jobs[-1].status in ("failed", "timeout")
             if newer or not failing:  # do not block on a memory model that just failed
@@ -259,7 +256,7 @@ class MemoryContext:
                 best = self.newest_summary()
         cutoff = best.cutoff if best else 0
         mask_before = 0
-        if self.raw_tokens(steps, cutoff) > self.config.raw_budget:  # memory failed us: mask instead
+        if raw_tokens(steps, cutoff) > self.config.raw_budget:  # memory failed us: mask instead
             mask_before = n - 1
             self.events.append({"kind": "mask_fallback", "step": n, "at": time.time()})
         if best is not None and best.consumed is None:
@@ -303,6 +300,11 @@ class MemoryContext:
             "jobs": [j.record() for j in self.jobs],
             "late_events": self.events[self.reported[1]:],  # after the last step's view (e.g. a last pre-warm)
         }
+
+
+def raw_tokens(steps, start: int) -> int:
+    """Tokens of the raw tail steps[start:] (the budget measure; ~4 characters per token)."""
+    return sum(estimate_tokens(s.response) + estimate_tokens(s.observation) for s in steps[start:])
 
 
 def overlap(interval: tuple[float, float], spans: list[tuple[float, float]]) -> float:
