@@ -110,3 +110,29 @@ def test_prewarm_flag_sends_one_token_requests_with_the_swapped_prefix(words_rep
             assert later[0]["messages"][: len(warm["messages"])] == warm["messages"]
             matched += 1
     assert matched >= len(warmups) - 1 >= 1
+
+
+def test_recorded_summaries_are_sft_data_with_the_exact_inputs(words_repo, tmp_path, docker_client):
+    """A comem run keeps each summary with its cut-off; train-memory pairs it with the very input the
+    memory model was sent (train as you infer) and runs the SFT warm-up on them."""
+    from comem_cli.testing.tiny_models import build_tiny_causal_lm
+    from comem_cli.train.sft import recorded_summaries
+    from comem_cli.trajectories import load_trajectory
+
+    with ScriptedServer(lambda body: SUMMARY, latency_s=0.1) as memory:
+        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, latency=0.2)
+        sent = [r["messages"] for r in memory.requests]
+    pairs = recorded_summaries([load_trajectory(run.path)])
+    assert len(pairs) == run.meta["totals"]["summaries"] >= 3
+    for messages, text in pairs:
+        assert text == SUMMARY and messages in sent
+    consumed = [e for s in run.steps for e in s.memory if e["kind"] == "job"]
+    assert consumed and all(e["summary"] == SUMMARY for e in consumed)  # views can be rebuilt from the log
+
+    tiny = build_tiny_causal_lm(tmp_path / "tiny", seed=0)
+    out = tmp_path / "sft-model"
+    r = run_cli("train-memory", "--rollouts", str(run.path), "--stage", "sft", "--base-model", str(tiny),
+                "--steps", "2", "--eval-fraction", "0", "--k", "1", "--output", str(out), "--threads", "1", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "summaries recorded in comem runs" in r.stdout
+    assert (out / "sft" / "final" / "config.json").is_file()

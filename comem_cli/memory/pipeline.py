@@ -110,8 +110,9 @@ class Job:
 
     def record(self) -> dict[str, Any]:
         keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error")
+        # The text is kept so that every view can be rebuilt and runs can serve as SFT data.
         return {"kind": "job", **{k: getattr(self, k) for k in keep},
-                "summary_tokens": estimate_tokens(self.summary or "")}
+                "summary_tokens": estimate_tokens(self.summary or ""), "summary": self.summary}
 
 
 class MemoryContext:

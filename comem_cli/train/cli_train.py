@@ -32,7 +32,9 @@ def load_samples(rollouts: list[Path], *, k: int, only_resolved: bool, max_histo
         raise UserError("no usable training samples in " + ", ".join(map(str, rollouts))
                         + (" (--only-resolved left none)" if only_resolved else ""))
     train, evaluation = split_by_task(samples, eval_fraction=eval_fraction, seed=seed)
-    return samples, train, evaluation
+    eval_tasks = {s.task_id for s in evaluation}
+    train_trajectories = [t for t in trajectories if t.task_id not in eval_tasks]
+    return samples, train, evaluation, train_trajectories
 
 
 def stats_table(samples, train, evaluation):
@@ -64,7 +66,7 @@ def train_memory_command(o: dict[str, Any]) -> int:
 
     if o["stage"] not in (None, "sft", "grpo"):
         raise UserError(f"--stage must be sft or grpo (got {o['stage']!r})")
-    samples, train, evaluation = load_samples(
+    samples, train, evaluation, train_trajectories = load_samples(
         o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
         max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"], console=console)
     console.print(stats_table(samples, train, evaluation))
@@ -72,9 +74,14 @@ def train_memory_command(o: dict[str, Any]) -> int:
         return 0
     if not o["base_model"]:
         raise UserError("--base-model is required to train (a hub id or a local model directory)")
-    stages = [o["stage"]] if o["stage"] else (["sft"] if o["teacher"] else []) + ["grpo"]
-    if "sft" in stages and not o["teacher"]:
-        raise UserError("--stage sft needs --teacher MODEL (a litellm model that writes the warm-up summaries)")
+    from comem_cli.train.sft import recorded_summaries
+
+    recorded = [] if o["teacher"] else recorded_summaries(train_trajectories)
+    if recorded:
+        console.print(f"{len(recorded)} summaries recorded in comem runs (training tasks only) for the SFT warm-up")
+    stages = [o["stage"]] if o["stage"] else (["sft"] if o["teacher"] or recorded else []) + ["grpo"]
+    if "sft" in stages and not (o["teacher"] or recorded):
+        raise UserError("--stage sft needs --teacher MODEL or comem runs with recorded summaries")
     if "grpo" in stages and not o["policy_model"]:
         raise UserError("GRPO needs --policy-model (a litellm model name, with --policy-api-base, or a local model directory)")
     output = Path(o["output"])
@@ -91,9 +98,11 @@ def train_memory_command(o: dict[str, Any]) -> int:
             if "sft" in stages:
                 from comem_cli.train.sft import teacher_summaries, train_sft
 
-                task = progress.add_task("teacher summaries", total=len(train))
-                pairs = teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
-                                          on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+                pairs = recorded
+                if o["teacher"]:
+                    task = progress.add_task("teacher summaries", total=len(train))
+                    pairs = teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
+                                              on_progress=lambda done, total: progress.update(task, completed=done, total=total))
                 task = progress.add_task("SFT", total=o["steps"])
                 report = train_sft(pairs, base_model=base, output_dir=output / "sft", lr=max(o["lr"], 1e-5),
                                    steps=o["steps"], lora=o["lora"], save_every=o["save_every"], resume=o["resume"],

@@ -6,9 +6,9 @@ each sample's memory input, i.e. exactly the messages the memory model is sent
 would reject (`transcript.looks_like_summary`) are dropped. `train_sft(pairs, ...)` fine-tunes the
 base model on them in trl's conversational prompt-completion format (loss on the summary only).
 
-Summaries recorded in comem runs are not used: a run's step events name the summary a step
-consumed only by its job id; the summary text itself is not stored, so there is nothing to learn
-from there. Teacher summaries are the warm-up source.
+`recorded_summaries(trajectories)` takes the other source: the summaries a comem run's memory
+model actually wrote (meta.json keeps every finished job with its text and cut-off), paired with
+the exact input that job was sent.
 
 Output layout (same rules as grpo.py: replaced only at the end of a successful run):
 
@@ -100,6 +100,26 @@ def teacher_summaries(
         with ThreadPoolExecutor(max_workers=min(workers, len(samples))) as pool:
             results = list(pool.map(one, samples))
     return [r for r in results if r is not None]
+
+
+def recorded_summaries(trajectories) -> list[Pair]:
+    """(memory input, summary) for every finished memory job recorded in comem runs."""
+    from comem_cli.memory.transcript import looks_like_summary, memory_messages
+
+    pairs: list[Pair] = []
+    for t in trajectories:
+        if t.source != "comem":
+            continue
+        try:
+            meta = json.loads((Path(t.path) / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for job in meta.get("memory_jobs") or []:
+            text, cutoff = job.get("summary"), job.get("cutoff")
+            if job.get("status") == "done" and isinstance(text, str) and looks_like_summary(text) \
+                    and isinstance(cutoff, int) and 0 < cutoff <= len(t.steps):
+                pairs.append((memory_messages(t.task, t.steps[:cutoff]), text))
+    return pairs
 
 
 def _rows(pairs: Sequence[Pair]) -> list[dict[str, Any]]:
