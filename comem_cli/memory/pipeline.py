@@ -103,6 +103,7 @@ class Job:
     summary: str | None = field(default=None, repr=False)
     done: threading.Event = field(default_factory=threading.Event, repr=False)
     future: Any = field(default=None, repr=False)
+    history: list = field(default_factory=list, repr=False)  # steps 0..cutoff-1, snapshot at launch
 
     @property
     def live(self) -> bool:
@@ -146,27 +147,27 @@ class MemoryContext:
             self.launch(n)
 
     def launch(self, cutoff: int) -> Job:
-        job = Job(id=next(_JOB_IDS), cutoff=cutoff, deadline=cutoff + self.k, queued=time.time())
-        history = list(self.steps[:cutoff])
+        job = Job(id=next(_JOB_IDS), cutoff=cutoff, deadline=cutoff + self.k, queued=time.time(),
+                  history=list(self.steps[:cutoff]))
         with self.lock:
             self.jobs.append(job)
             if self.active and self.active.status == "queued" and self.active.future.cancel():
                 self._end(self.active, "superseded")
                 self.active = None
             if self.active is None:
-                self._submit(job, history)
+                self._submit(job)
             else:
                 if self.queued:
                     self._end(self.queued, "superseded")
                 self.queued = job
-                job._history = history  # type: ignore[attr-defined]
         return job
 
-    def _submit(self, job: Job, history: list) -> None:
+    def _submit(self, job: Job) -> None:
         self.active = job
-        job.future = self.pool.submit(self._run, job, history)
+        job.future = self.pool.submit(self._run, job)
 
-    def _run(self, job: Job, history: list) -> None:
+    def _run(self, job: Job) -> None:
+        history = job.history
         with self.lock:
             if job.status != "queued":
                 return
@@ -202,13 +203,14 @@ class MemoryContext:
         job.status, job.error = status, error
         job.finished = job.finished or time.time()
         job.done.set()
+        job.history = []  # the snapshot is no longer needed
         if status in ("failed", "timeout"):
             self.events.append({"kind": "memory_failure", "job": job.id, "status": status, "error": error, "at": job.finished})
         if self.active is job:
             self.active = None
             if self.queued is not None:
                 nxt, self.queued = self.queued, None
-                self._submit(nxt, nxt.__dict__.pop("_history"))
+                self._submit(nxt)
 
     # -- waiting ---------------------------------------------------------------------------------
     def wait(self, job: Job, reason: str, step: int) -> None:
