@@ -25,7 +25,7 @@ __all__ = ["Cancelled", "TransformersBackend", "convert_gguf", "load_model_and_t
 _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
 
-from comem_cli.memory.backends import Cancelled  # noqa: E402  (one exception for every backend)
+from comem_cli.memory.backends import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -249,19 +249,9 @@ class TransformersBackend:
         started) or the backend was closed; ValueError when the prompt leaves no room in the
         model's context."""
         with self._cond:
-            if self._closed:
-                raise Cancelled(f"{request_id}: backend closed")
-            if request_id in self._cancelled:
-                del self._cancelled[request_id]
-                raise Cancelled(request_id)
+            admit(request_id, self._closed, self._cancelled)
         prompt_ids = self.render(messages)
-        limit = max(1, int(max_tokens))
-        if self.max_model_len:
-            room = self.max_model_len - len(prompt_ids)
-            if room <= 0:
-                raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room for a summary "
-                                 f"(the model's context is {self.max_model_len} tokens)")
-            limit = min(limit, room)
+        limit = generation_limit(len(prompt_ids), max_tokens, self.max_model_len)
 
         queued_at = time.time()
         self._wait_for_turn(request_id)

@@ -40,7 +40,7 @@ __all__ = ["Cancelled", "VLLMBackend", "cuda_available"]
 _DEFAULT_CPU_KV_BYTES = 2 * 1024**3
 
 
-from comem_cli.memory.backends import Cancelled  # noqa: E402  (one exception for every backend)
+from comem_cli.memory.backends import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
 
 
 def cuda_available() -> bool:
@@ -258,18 +258,9 @@ class VLLMBackend:
         before this call started), ValueError when the prompt leaves no room in `max_model_len`.
         """
         with self._lock:
-            if self._closed:
-                raise Cancelled(f"{request_id}: backend closed")
-            if request_id in self._cancelled:
-                del self._cancelled[request_id]
-                raise Cancelled(request_id)
+            admit(request_id, self._closed, self._cancelled)
         prompt_ids = self.render(messages)
-        room = self.max_model_len - len(prompt_ids)
-        if room <= 0:
-            raise ValueError(
-                f"prompt of {len(prompt_ids)} tokens leaves no room for a summary (max_model_len={self.max_model_len})"
-            )
-        coro = self._generate(prompt_ids, max(1, min(int(max_tokens), room)), request_id)
+        coro = self._generate(prompt_ids, generation_limit(len(prompt_ids), max_tokens, self.max_model_len), request_id)
         with self._lock:  # no submission can slip in after close() started
             if self._closed:
                 coro.close()
