@@ -88,11 +88,14 @@ def test_limits_and_errors_end_runs_with_their_status(words_repo, tmp_path, dock
         "format_error": (dict(replies=["no block", "still none", "```bash\na\n```\n```bash\nb\n```"]), [], {}),
         "context_overflow": (dict(replies=FIX_SCRIPT), [], dict(max_context=400)),
         "submitted": (dict(replies=FIX_SCRIPT[-1:]), [], dict(fail_first=[500])),
+        "time_limit": (dict(replies=FIX_SCRIPT), ["--time-limit", "1"], dict(latency_s=0.6)),
+        # A model litellm knows the price of (served by the scripted server): the cost adds up.
+        "cost_limit": (dict(replies=FIX_SCRIPT, model="openai/gpt-4o"), ["--cost-limit", "0.001"], {}),
     }
     for expected, (script, flags, server_opts) in cases.items():
         out = tmp_path / f"runs-{expected}"
         with ScriptedServer(Script(script["replies"]), **server_opts) as server:
-            r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
+            r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", script.get("model", "openai/scripted"),
                         "--api-base", server.url, "-o", str(out), "--no-apply", "--memory", "full", *flags)
         (run_dir,) = list(out.iterdir())
         meta = json.loads((run_dir / "meta.json").read_text())
@@ -100,6 +103,8 @@ def test_limits_and_errors_end_runs_with_their_status(words_repo, tmp_path, dock
         assert r.returncode == (0 if expected == "submitted" else 1)
         assert "Traceback" not in r.stderr
         assert comem_containers(docker_client, run_dir.name) == []
+    cost_run = read_run(next((tmp_path / "runs-cost_limit").iterdir()))
+    assert 0 < len(cost_run.steps) < len(FIX_SCRIPT) and cost_run.meta["totals"]["cost"] >= 0.001
     # The format-error run recorded three steps with the error and no action.
     steps = read_run(next((tmp_path / "runs-format_error").iterdir())).steps
     assert [s.format_error is not None for s in steps] == [True, True, True]
