@@ -168,6 +168,14 @@ def quiet_progress(quiet: bool = True):
             dl.enable_progress_bar()
 
 
+def reload_final(path: Path, dtype: Any, cuda: bool) -> Any:
+    """The just-saved final checkpoint, loaded as every backend will load it (for the after-eval)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to("cuda") if cuda else model
+
+
 def cleanup_tmp(output_dir: Path) -> None:
     for tmp in output_dir.glob(f".{FINAL}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
@@ -555,13 +563,9 @@ def _train_grpo(samples_train, samples_eval, *, base_model, policy, output_dir, 
         trained = trainer.model
         tmp_final = save_final(trained, tokenizer, out, merge_lora=lora)
         try:
-            from transformers import AutoModelForCausalLM
-
             after = None
             if eval_set:
-                final_model = AutoModelForCausalLM.from_pretrained(tmp_final, dtype=model.dtype)
-                if cuda:
-                    final_model = final_model.to("cuda")
+                final_model = reload_final(tmp_final, model.dtype, cuda)
                 after = evaluate_reward(final_model, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
                                         batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn)
             steps_log: dict[int, dict] = {}

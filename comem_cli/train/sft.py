@@ -38,6 +38,7 @@ from comem_cli.train.grpo import (
     last_complete_checkpoint,
     load_for_training,
     quiet_progress,
+    reload_final,
     replace_dir,
     save_final,
     write_atomic,
@@ -269,12 +270,7 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_a
         try:
             after = None
             if eval_pairs:
-                from transformers import AutoModelForCausalLM
-
-                final_model = AutoModelForCausalLM.from_pretrained(tmp_final, dtype=model.dtype)
-                if cuda:
-                    final_model = final_model.to("cuda")
-                after = completion_loss(final_model, tokenizer, eval_pairs)
+                after = completion_loss(reload_final(tmp_final, model.dtype, cuda), tokenizer, eval_pairs)
             steps_log = {}
             for entry in trainer.state.log_history:
                 if "loss" in entry and "step" in entry:
