@@ -118,8 +118,8 @@ def fix(
 
         outcome = run_resume(recorded, config, user_repo, the_issue, branch=branch, apply=apply, force=force,
                              on_step=print_step, on_start=on_start, confirm=confirmer,
-                             report=lambda text: console.print(text, style="dim", markup=False),
-                             warn=lambda text: err_console.print(text, style="yellow", markup=False))
+                             report=lambda text: console.print(text, style="dim", markup=False, soft_wrap=True),
+                             warn=lambda text: err_console.print(text, style="yellow", markup=False, soft_wrap=True))
     else:
         outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
                           on_step=print_step, on_start=on_start, confirm=confirmer)
@@ -128,9 +128,9 @@ def fix(
         from comem_cli.pullrequest import open_pull_request
 
         url = open_pull_request(user_repo, pr_target, the_issue, outcome, force=force)
-        console.print(f"pull request: {url}", markup=False)
+        console.print(f"pull request: {url}", markup=False, soft_wrap=True)
     elif pr_target is not None:
-        err_console.print("no pull request: the run made no branch (empty patch or the patch did not apply)", markup=False)
+        err_console.print("no pull request: the run made no branch (empty patch or the patch did not apply)", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
 
 
