@@ -78,7 +78,7 @@ class Confirmer:
         elif kind == "auto":
             self.auto = True
             self.console.print("[dim]automatic for the rest of the run[/dim]")
-        elif kind == "quit":
-            record.observation = ""
+        elif kind == "quit":  # what a resumed run's model is shown for this step
+            record.observation = render("user_reply.j2", message="The user stopped the run here; this command was not run.")
         record.decision = decision
         return run_it

@@ -4,8 +4,9 @@
    trajectory line readable. A truncated last line (the process died mid-write) is dropped and the
    readable prefix kept; a corrupt line elsewhere is an error.
 2. A fresh sandbox gets the run's repository snapshot (snapshot.tar.gz) and the recorded commands
-   are executed again in order. Each output is compared with the recorded observation; the first
-   step that differs is named in a warning (the run goes on: the model sees the live sandbox).
+   are executed again in order. Each output is compared with the recorded observation (decimal
+   numbers such as test timings aside); the first step that differs is named in a warning (the run
+   goes on: the model sees the live sandbox).
 3. The agent gets the recorded steps and spent cost; the memory pipeline gets the recorded
    summaries back (and relaunches a summary that was in flight when the run died).
 4. The model continues from the next step, appending to the same trajectory.jsonl.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from comem_cli import __version__
 from comem_cli.errors import UserError
 from comem_cli.rollouts import META, TRAJECTORY, StepRecord, atomic_write_text
 from comem_cli.snapshot import SNAPSHOT, load_snapshot
+
+_DECIMAL = re.compile(r"\d+\.\d+")
 
 # Statuses a run can be resumed from: still "running" (killed), interrupted, or ended by a fault.
 RESUMABLE = ("running", "interrupted", "api_error", "environment_error")
@@ -153,9 +157,14 @@ def replay(sandbox, archive: bytes, steps: list[StepRecord], timeout: int, max_o
         result = sandbox.execute(step.action, timeout=timeout)
         observation = render("observation.j2", returncode=result.returncode, timed_out=result.timed_out, timeout=timeout,
                              output=cut_middle(result.output, max_observation_chars))
-        if observation != step.observation and first_difference is None:
+        if comparable(observation) != comparable(step.observation) and first_difference is None:
             first_difference = step.step
     return first_difference
+
+
+def comparable(observation: str) -> str:
+    """An observation without what changes from run to run anyway: decimal numbers (timings)."""
+    return _DECIMAL.sub("#", observation)
 
 
 def restore_memory(context, steps: list[StepRecord], meta: dict[str, Any]) -> int:

@@ -90,8 +90,17 @@ def test_quit_ends_the_run_interrupted_and_keeps_the_patch(words_repo, tmp_path,
     assert meta["status"] == "interrupted"
     run = read_run(run_dir)
     assert [s.decision["kind"] for s in run.steps] == ["run", "run", "run", "quit"]
-    assert run.steps[3].command is None
+    assert run.steps[3].command is None and "command was not run" in run.steps[3].observation
     assert "text.split()" in (run_dir / "patch.diff").read_text()
+    assert comem_containers(docker_client, run_dir.name) == []
+
+    # The quit run can be resumed: the three commands that ran are replayed, the quit one is not.
+    with ScriptedServer(Script(FIX_SCRIPT)) as main:
+        r = run_cli("fix", "--resume", str(run_dir), "--api-base", main.url, "--no-apply")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "replaying 3 recorded commands" in r.stdout and "warning" not in r.stderr
+    run = read_run(run_dir)
+    assert run.meta["status"] == "submitted" and [s.step for s in run.steps] == [0, 1, 2, 3, 4]
     assert comem_containers(docker_client, run_dir.name) == []
 
 
