@@ -134,4 +134,12 @@ def test_bad_run_dirs_are_one_line_errors(words_repo, tmp_path, docker_client):
         assert expected in one_line_error(r), r.stderr
     r = run_cli("fix", "--resume", str(variant("given", {"status": "interrupted"})), "--memory", "sync")
     assert r.returncode == 2 and "drop --memory" in one_line_error(r)
+    # A run whose comem process is still alive is not resumed behind its back.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "comem", "fix"])
+    try:
+        r = run_cli("fix", "--resume", str(variant("live", {"status": "running", "pid": alive.pid})))
+    finally:
+        alive.kill()
+        alive.wait()
+    assert r.returncode == 2 and f"still going (process {alive.pid})" in one_line_error(r)
     assert comem_containers(docker_client, finished.name) == []
