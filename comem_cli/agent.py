@@ -68,6 +68,14 @@ class RunResult:
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.steps)
 
+    @property
+    def cached_tokens(self) -> int:
+        return sum(s.cached_tokens for s in self.steps)
+
+    @property
+    def cache_saved(self) -> float:
+        return sum(s.cache_saved for s in self.steps)
+
 
 def parse_action(reply: str) -> str:
     """The single bash command of a reply; FormatError if there is not exactly one block."""
@@ -90,11 +98,12 @@ def cut_middle(text: str, max_chars: int) -> str:
 class Agent:
     def __init__(self, model: Model, env: Environment, context: Context, writer: RunWriter, config: AgentConfig,
                  *, command_timeout: int = 120, on_step: Callable[[StepRecord], None] | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, confirm: Callable[[StepRecord], bool] | None = None):
         self.model, self.env, self.context, self.writer, self.config = model, env, context, writer, config
         self.command_timeout = command_timeout
         self.on_step = on_step
         self.stop = stop  # set by a benchmark being interrupted: end at the next step
+        self.confirm = confirm  # asks the user before each command (confirm.Confirmer); None: automatic
         self.steps: list[StepRecord] = []
         self.format_errors = 0
         self.started = 0.0
@@ -145,6 +154,8 @@ class Agent:
             completion_tokens=reply.completion_tokens,
             cost=reply.cost,
             memory=events,
+            cached_tokens=getattr(reply, "cached_tokens", 0),
+            cache_saved=getattr(reply, "cache_saved", 0.0),
         )
         submitted = False
         try:
@@ -154,7 +165,10 @@ class Agent:
             self.format_errors += 1
             record.format_error = str(e)
             record.observation = render("format_error.j2", error=str(e))
-        if record.action is not None:
+        run_it = record.action is not None
+        if run_it and self.confirm is not None:  # `fix --confirm`: run, edit, reply instead, or quit
+            run_it = self.confirm(record)  # records the decision; may edit the action or set the observation
+        if run_it:
             result = self.env.execute(record.action, timeout=self.command_timeout)
             record.command = Span(start=result.start, end=result.end)
             record.returncode, record.timed_out, record.output_chars = result.returncode, result.timed_out, len(result.output)
@@ -166,6 +180,8 @@ class Agent:
         self.writer.append(record)
         if self.on_step:
             self.on_step(record)
+        if record.decision and record.decision.get("kind") == "quit":
+            raise Interrupted("the user quit")
         if submitted:
             raise Submitted("the agent submitted")
         self.context.completed(self.steps)  # may launch a summary job (not after the last step)

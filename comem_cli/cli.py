@@ -30,7 +30,8 @@ def _raise_keyboard_interrupt(signum, frame):
 
 @app.command()
 def fix(
-    issue: str = typer.Option(..., "--issue", "-i", help="GitHub issue number, issue URL, a text/markdown file, or - for stdin."),
+    ctx: typer.Context,
+    issue: Optional[str] = typer.Option(None, "--issue", "-i", help="GitHub issue number, issue URL, a text/markdown file, or - for stdin (required unless --resume)."),
     repo: Path = typer.Option(Path("."), "--repo", "-r", help="The git repository to fix (its working tree is copied into the sandbox)."),
     model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model, a litellm name (e.g. anthropic/claude-sonnet-4-5, openai/<name>)."),
     api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model."),
@@ -55,13 +56,17 @@ def fix(
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
     max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
+    confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted or killed run from its run dir (model, API base and limits may be given anew)."),
+    pr: bool = typer.Option(False, "--pr", help="Push the branch and open a pull request (GitHub REST API, GITHUB_TOKEN)."),
+    remote: str = typer.Option("origin", "--remote", help="With --pr: the git remote to push the branch to."),
 ):
     """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
     from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
     from comem_cli.issues import resolve_issue
     from comem_cli.repo import UserRepo
     from comem_cli.run import fix as run_fix
-    from comem_cli.ui import console, print_step, run_table
+    from comem_cli.ui import console, err_console, print_step, run_table
 
     if memory not in ("full", "mask", "sync", "comem"):
         raise UserError(f"--memory must be one of full, mask, sync, comem (got {memory!r})")
@@ -75,17 +80,57 @@ def fix(
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
                             max_summary_tokens=max_summary_tokens, prewarm=prewarm),
     )
-    user_repo = UserRepo(repo)
-    the_issue = resolve_issue(issue, origin_url=user_repo.origin_url(), api_base=github_api)
+    confirmer = None
+    if confirm:
+        from comem_cli.confirm import Confirmer, require_terminal
+
+        require_terminal()
+        confirmer = Confirmer(console)
+    if pr and not apply:
+        raise UserError("--pr opens a pull request from the fix branch; it cannot go with --no-apply")
+    recorded = None
+    if resume is not None:  # the recorded run's issue, repository and config (a few options may change)
+        from comem_cli.resume import read_recorded, recorded_issue, resume_overrides, resumed_config
+
+        given = {name for name in ctx.params if ctx.get_parameter_source(name).name in ("COMMANDLINE", "ENVIRONMENT")}
+        recorded = read_recorded(resume)
+        config = resumed_config(recorded.meta, resume_overrides(given, ctx.params))
+        user_repo = UserRepo(repo if "repo" in given else recorded.meta.get("repo") or repo) if apply else None
+        the_issue = recorded_issue(recorded.meta)
+    elif issue is None:
+        raise UserError("--issue is required (or --resume RUN_DIR to continue a run)")
+    else:
+        user_repo = UserRepo(repo)
+        the_issue = resolve_issue(issue, origin_url=user_repo.origin_url(), api_base=github_api)
+    pr_target = None
+    if pr:
+        from comem_cli.pullrequest import plan
+
+        pr_target = plan(user_repo, remote, github_api)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     def on_start(run_dir: Path, image_name: str) -> None:
         console.print(f"[bold]comem fix[/bold] {the_issue.title[:70]!r} · model {config.model.name} · "
                       f"memory {config.memory.arm} · sandbox {image_name}\n[dim]run dir {run_dir}[/dim]")
 
-    outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
-                      on_step=print_step, on_start=on_start)
+    if recorded is not None:
+        from comem_cli.resume import resume as run_resume
+
+        outcome = run_resume(recorded, config, user_repo, the_issue, branch=branch, apply=apply, force=force,
+                             on_step=print_step, on_start=on_start, confirm=confirmer,
+                             report=lambda text: console.print(text, style="dim", markup=False, soft_wrap=True),
+                             warn=lambda text: err_console.print(text, style="yellow", markup=False, soft_wrap=True))
+    else:
+        outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
+                          on_step=print_step, on_start=on_start, confirm=confirmer)
     console.print(run_table(outcome))
+    if pr_target is not None and outcome.branch:
+        from comem_cli.pullrequest import open_pull_request
+
+        url = open_pull_request(user_repo, pr_target, the_issue, outcome, force=force)
+        console.print(f"pull request: {url}", markup=False, soft_wrap=True)
+    elif pr_target is not None:
+        err_console.print("no pull request: the run made no branch (empty patch or the patch did not apply)", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
 
 

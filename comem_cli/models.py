@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from comem_cli.caching import cache_saving, cached_tokens, mark_cache_control
 from comem_cli.config import ModelConfig
 from comem_cli.errors import ApiError, ContextOverflow, UserError
 
@@ -33,6 +34,8 @@ class ModelReply:
     cost: float
     start: float
     end: float
+    cached_tokens: int = 0  # prompt tokens the provider served from its cache
+    cache_saved: float = 0.0  # dollars those cached tokens saved (caching.cache_saving)
 
 
 def short(err: BaseException, limit: int = 200) -> str:
@@ -82,7 +85,8 @@ class LitellmModel:
         real call (SPEC 3.5, the swap cost). Never raises: a failed pre-warm only costs a cache miss."""
         start = time.time()
         try:
-            response = import_litellm().completion(messages=messages, **{**self._kwargs(), "max_tokens": 1}, num_retries=0)
+            response = import_litellm().completion(messages=mark_cache_control(messages, self.config.name),
+                                                   **{**self._kwargs(), "max_tokens": 1}, num_retries=0)
         except Exception as e:
             return {"ok": False, "start": start, "end": time.time(), "error": short(e)}
         usage = getattr(response, "usage", None)
@@ -96,7 +100,7 @@ class LitellmModel:
         while True:
             start = time.time()
             try:
-                response = litellm.completion(messages=messages, **self._kwargs())
+                response = litellm.completion(messages=mark_cache_control(messages, self.config.name), **self._kwargs())
                 break
             except litellm.ContextWindowExceededError as e:
                 raise ContextOverflow(short(e)) from None
@@ -119,6 +123,7 @@ class LitellmModel:
             cost = 0.0  # unknown price: tolerated, counted as free
         self.cost += cost
         self.calls += 1
+        cached = cached_tokens(usage)
         return ModelReply(
             content=content,
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
@@ -126,4 +131,6 @@ class LitellmModel:
             cost=cost,
             start=start,
             end=end,
+            cached_tokens=cached,
+            cache_saved=cache_saving(litellm, self.config.name, cached),
         )

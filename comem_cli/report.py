@@ -19,7 +19,7 @@ from comem_cli.errors import UserError
 from comem_cli.rollouts import RunRecord, atomic_write_text, read_run
 
 COLORS = {"model": "#4C78A8", "command": "#72B7B2", "memory": "#F58518", "queued": "#FBD38D", "wait": "#E45756",
-          "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "comem": "#F58518", "reward": "#B279A2"}
+          "cached": "#54A24B", "uncached": "#9D755D", "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "comem": "#F58518", "reward": "#B279A2"}
 
 
 @dataclass
@@ -131,6 +131,17 @@ def per_step_mean(runs: list[RunRecord], field: str) -> list[float]:
     return [sum(columns[i]) / len(columns[i]) for i in sorted(columns)]
 
 
+def cache_series(runs: list[RunRecord]) -> dict[str, list[float]]:
+    """Mean over runs of cached and uncached prompt tokens, step by step."""
+    columns: dict[int, list[tuple[int, int]]] = {}
+    for run in runs:
+        for s in run.steps:
+            columns.setdefault(s.step, []).append((s.cached_tokens, max(s.prompt_tokens - s.cached_tokens, 0)))
+    steps = sorted(columns)
+    return {"cached": [sum(c for c, _ in columns[i]) / len(columns[i]) for i in steps],
+            "uncached": [sum(u for _, u in columns[i]) / len(columns[i]) for i in steps]}
+
+
 def totals_table(runs: dict[str, list[RunRecord]]) -> str:
     rows = ["<table class='totals'><tr><th>arm</th><th>runs</th><th>steps</th><th>status</th><th>wall s</th>"
             "<th>summaries</th><th>hidden</th><th>waits</th></tr>"]
@@ -162,6 +173,8 @@ def render_html(src: Sources, max_timelines: int = 8) -> str:
         tokens = {arm: per_step_mean(rs, "tokens") for arm, rs in src.runs.items()}
         body.append("<h2>Per-step main-model latency and prompt tokens</h2><div class='charts'>"
                     + curves_svg(latency, "latency", "s") + curves_svg(tokens, "prompt-tokens", "tokens") + "</div>")
+        body.append("<h2>Prompt cache: cached vs uncached prompt tokens per step</h2><div class='charts'>"
+                    + "".join(curves_svg(cache_series(rs), f"cache {arm}", "tokens") for arm, rs in src.runs.items()) + "</div>")
         body.append("<h2>Timelines</h2><p>main model, commands, memory jobs (light: queued, dark: running) and waits</p>")
         shown = 0
         for arm, rs in src.runs.items():
@@ -186,7 +199,7 @@ def render_png(src: Sources, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (2 if src.runs else 0) + (1 if src.training is not None else 0)
+    panels = (3 if src.runs else 0) + (1 if src.training is not None else 0)
     fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), squeeze=False)
     ax_iter = iter(axes[:, 0])
     if src.runs:
@@ -210,6 +223,14 @@ def render_png(src: Sources, path: Path) -> None:
         ax.set_title("per-step main-model latency")
         ax.set_xlabel("step")
         ax.set_ylabel("s")
+        ax.legend()
+        ax = next(ax_iter)  # the first run's prompt tokens per step, cached (bottom) and uncached (top)
+        series = cache_series([run])
+        ax.bar(range(len(series["cached"])), series["cached"], color=COLORS["cached"], label="cached")
+        ax.bar(range(len(series["uncached"])), series["uncached"], bottom=series["cached"], color=COLORS["uncached"], label="uncached")
+        ax.set_title(f"prompt tokens per step, cached vs uncached: {run.path.name}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("tokens")
         ax.legend()
     if src.training is not None:
         ax = next(ax_iter)

@@ -66,6 +66,9 @@ class StepRecord(BaseModel):
     completion_tokens: int = 0
     cost: float = 0.0
     memory: list[dict[str, Any]] = Field(default_factory=list)  # memory jobs / waits / events seen at this step
+    cached_tokens: int = 0  # prompt tokens the provider served from its cache
+    cache_saved: float = 0.0  # dollars the cache saved at this step
+    decision: dict[str, Any] | None = None  # `fix --confirm`: what the user chose before the command ran
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,6 +6,7 @@ its own module. Input is validated before any container starts, so bad input fai
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
 from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
+from comem_cli.snapshot import save_snapshot
 from comem_cli.templates import render
 
 
@@ -65,11 +67,14 @@ def load_memory_backend(config: RunConfig, backend=None):
 
 def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callable[[Sandbox], None] | None = None,
             backend=None, meta: dict[str, Any] | None = None, on_step: Callable[[StepRecord], None] | None = None,
-            labels: dict[str, str] | None = None, stop=None) -> tuple[RunResult, dict[str, Any]]:
+            labels: dict[str, str] | None = None, stop=None, confirm=None,
+            restore: Callable[[Agent], None] | None = None) -> tuple[RunResult, dict[str, Any]]:
     """One agent run in a fresh sandbox, recorded in `run_dir` (trajectory, meta, patch).
 
     `prepare` puts the code into the sandbox (fix: copy the user's tree; bench: the instance image
     already has it). Returns the result and the meta dict (status final), which callers may extend.
+    `confirm` asks the user before each command (confirm.Confirmer); `restore` puts a resumed run's
+    recorded steps and summaries into the agent before it continues (resume.py).
     """
     writer = RunWriter(run_dir)
     system = render("system.j2")
@@ -84,7 +89,9 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
             model = LitellmModel(config.model)
             context = make_context(config, system, task, backend, model)
             agent = Agent(model, sandbox, context, writer, config.agent,
-                          command_timeout=config.sandbox.command_timeout_s, on_step=on_step, stop=stop)
+                          command_timeout=config.sandbox.command_timeout_s, on_step=on_step, stop=stop, confirm=confirm)
+            if restore:
+                restore(agent)
             result = agent.run()
     except EnvironmentFailure as e:
         result = RunResult(status=e.status, message=str(e))
@@ -101,7 +108,7 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
 
 def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
         apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
-        on_start: Callable[[Path, str], None] | None = None, backend=None) -> FixOutcome:
+        on_start: Callable[[Path, str], None] | None = None, backend=None, confirm=None) -> FixOutcome:
     """Run the agent on `issue` in a sandbox holding `repo`'s working tree; commit the patch on a branch."""
     branch = branch or default_branch(issue)
     if apply:
@@ -115,16 +122,23 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     if on_start:
         on_start(run_dir, config.sandbox.image)
     files = tar_files(repo.path, repo.working_files())
+    save_snapshot(run_dir, files)  # what `fix --resume` starts again from
     try:
         result, meta = execute(issue.text, config, run_dir, prepare=lambda sandbox: sandbox.copy_repo(files),
-                               backend=backend, on_step=on_step,
-                               meta={"repo": str(repo.path), "head": repo.head,
-                                     "issue": {"title": issue.title, "number": issue.number, "url": issue.url}})
+                               backend=backend, on_step=on_step, confirm=confirm,
+                               meta={"repo": str(repo.path), "head": repo.head, "pid": os.getpid(), "branch_requested": branch,
+                                     "issue": {"title": issue.title, "number": issue.number, "url": issue.url, "text": issue.text}})
     finally:
         if own_backend:
             backend.close()
 
-    outcome = FixOutcome(result=result, run_dir=run_dir)
+    return commit_fix(repo, issue, FixOutcome(result=result, run_dir=run_dir), meta, branch=branch, apply=apply, force=force)
+
+
+def commit_fix(repo: UserRepo | None, issue: Issue, outcome: FixOutcome, meta: dict[str, Any], *, branch: str,
+               apply: bool, force: bool) -> FixOutcome:
+    """Commit the run's patch on `branch` (when asked and not empty) and record the branch in meta.json."""
+    result, run_dir = outcome.result, outcome.run_dir
     if apply and result.patch.strip():
         message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
         message += f"\n\nExit status: {result.status}. Run: {run_dir}"
@@ -144,6 +158,8 @@ def totals(result: RunResult) -> dict[str, Any]:
         "steps": len(steps),
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
+        "cached_tokens": sum(s.cached_tokens for s in steps),
+        "cache_saved": round(sum(s.cache_saved for s in steps), 6),
         "cost": round(result.cost, 6),
         "wall_s": round(result.wall_s, 3),
         "model_s": round(sum(s.model.seconds for s in steps), 3),

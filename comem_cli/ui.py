@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from comem_cli.caching import cache_cell, summary_line
 from comem_cli.rollouts import StepRecord
 
 # Piped output (logs, CI) gets wide lines rather than tables squeezed to 80 columns.
@@ -23,8 +24,9 @@ def print_step(step: StepRecord) -> None:
     waits = [e for e in step.memory if e.get("kind") == "wait"]
     wait = f" wait {sum(e['end'] - e['start'] for e in waits):.1f}s" if waits else ""
     summary = f" mem@{step.view.summary_cutoff}" if step.view.summary_cutoff is not None else ""
+    cache = f" {cache_cell(step.cached_tokens, step.prompt_tokens, step.cache_saved)}" if step.cached_tokens else ""
     console.print(f"[dim]step {step.step:3d}[/dim] model {step.model.seconds:5.1f}s {cmd} "
-                  f"[dim]{step.prompt_tokens:6d} tok{summary}{wait}[/dim]  [bold]$[/bold] {action}", no_wrap=True, overflow="ellipsis")
+                  f"[dim]{step.prompt_tokens:6d} tok{cache}{summary}{wait}[/dim]  [bold]$[/bold] {action}", no_wrap=True, overflow="ellipsis")
 
 
 def run_table(outcome) -> Table:
@@ -37,6 +39,7 @@ def run_table(outcome) -> Table:
     table.add_row("steps", str(len(r.steps)))
     table.add_row("tokens", f"{r.prompt_tokens:,} prompt / {r.completion_tokens:,} completion")
     table.add_row("cost", f"${r.cost:.4f}")
+    table.add_row("prompt cache", summary_line(r.cached_tokens, r.prompt_tokens, r.cache_saved))
     table.add_row("wall time", f"{r.wall_s:.1f} s")
     mem = r.memory or {}
     if mem.get("arm") not in (None, "full", "mask"):

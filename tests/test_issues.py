@@ -15,10 +15,16 @@ from comem_cli.issues import api_base_for, parse_remote, resolve_issue
 
 
 class FakeGitHub:
-    """Serves /repos/{owner}/{name}/issues/{n} from a dict; records the Authorization headers."""
+    """Serves /repos/{owner}/{name}/issues/{n} from a dict; records the Authorization headers.
 
-    def __init__(self, issues: dict[str, dict]):
+    POST /repos/{owner}/{name}/pulls (`comem fix --pr`) answers `pull_answer` (status, JSON body)
+    and records each request body in `pulls`.
+    """
+
+    def __init__(self, issues: dict[str, dict], pull_answer: tuple[int, dict] | None = None):
         self.issues, self.auth = issues, []
+        self.pulls: list[dict] = []
+        self.pull_answer = pull_answer or (201, {"number": 7, "html_url": "https://github.com/acme/words/pull/7"})
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -31,6 +37,20 @@ class FakeGitHub:
                 body = fake.issues.get(key)
                 data = json.dumps(body if body else {"message": "Not Found"}).encode()
                 self.send_response(200 if body else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                fake.auth.append(self.headers.get("Authorization"))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                found = self.path.startswith("/repos/") and self.path.endswith("/pulls")
+                if found:
+                    fake.pulls.append({"path": self.path, **body})
+                status, answer = fake.pull_answer if found else (404, {"message": "Not Found"})
+                data = json.dumps(answer).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -9,6 +9,11 @@ read off the view itself (assistant turns shown, plus the steps covered by a sum
 concurrent runs of one task, retries and every memory arm get the right reply. Latency can be
 injected, proportional to prompt tokens, and failures (HTTP errors, hangs) scripted for the first
 calls.
+
+Prompt caching is reported as the providers do: chat completions carry OpenAI's
+`usage.prompt_tokens_details.cached_tokens` (the leading messages identical to the previous
+request's), and an Anthropic Messages route (`/v1/messages`) caches only prefixes that end at a
+`cache_control` marker and reports `cache_read_input_tokens` / `cache_creation_input_tokens`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,52 @@ Responder = Callable[[dict[str, Any]], str]
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     """Same ~4 characters/token estimate for every message, so tests can reason about it."""
-    return sum((len(str(m.get("content") or "")) + 3) // 4 + 4 for m in body.get("messages", []))
+    return sum(message_tokens(m) for m in body.get("messages", []))
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):  # content parts (e.g. with cache_control markers)
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return str(content or "")
+
+
+def message_tokens(message: dict[str, Any]) -> int:
+    return (len(_content_text(message.get("content"))) + 3) // 4 + 4
+
+
+def cached_prefix_tokens(messages: list[dict[str, Any]], previous: list[dict[str, Any]]) -> int:
+    """OpenAI-style automatic caching: the tokens of the leading messages identical to the previous
+    request's (whole messages; no 1024-token minimum, so small tests see real numbers)."""
+    cached = 0
+    for now, before in zip(messages, previous):
+        if now.get("role") != before.get("role") or _content_text(now.get("content")) != _content_text(before.get("content")):
+            break
+        cached += message_tokens(now)
+    return cached
+
+
+def anthropic_blocks(body: dict[str, Any]) -> list[tuple[str, bool]]:
+    """An Anthropic Messages request as (block text, has cache_control) in prompt order."""
+    blocks: list[tuple[str, bool]] = []
+    system = body.get("system")
+    for item in (system if isinstance(system, list) else [{"text": system}] if system else []):
+        blocks.append((f"system:{item.get('text', '')}", bool(item.get("cache_control"))))
+    for m in body.get("messages", []):
+        parts = m.get("content")
+        for part in (parts if isinstance(parts, list) else [{"text": parts}]):
+            text = part.get("text", "") if isinstance(part, dict) else str(part)
+            blocks.append((f"{m.get('role')}:{text}", bool(isinstance(part, dict) and part.get("cache_control"))))
+    return blocks
+
+
+def anthropic_as_openai(body: dict[str, Any]) -> dict[str, Any]:
+    """The same request in chat-completions shape, for the responders."""
+    messages = []
+    system = body.get("system")
+    if system:
+        messages.append({"role": "system", "content": _content_text(system)})
+    messages += [{"role": m.get("role"), "content": _content_text(m.get("content"))} for m in body.get("messages", [])]
+    return {**body, "messages": messages}
 
 
 _SUMMARY_SPAN = re.compile(r"Summary of steps 0 to (\d+)")
@@ -80,6 +130,8 @@ class ScriptedServer:
         self.max_context = max_context
         self.requests: list[dict[str, Any]] = []  # every request body received, in order
         self.dead = False  # after kill(): kept-alive connections are dropped without an answer
+        self.previous_messages: list[dict[str, Any]] = []  # the last chat request (automatic prefix cache)
+        self.anthropic_cache: set[str] = set()  # prefixes written at cache_control breakpoints
         self.lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
@@ -145,12 +197,16 @@ class ScriptedServer:
                     body = json.loads(self.rfile.read(length) or b"{}")
                 except json.JSONDecodeError:
                     return self._send(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
+                if self.path.rstrip("/").endswith("/messages"):
+                    return self._anthropic(body)
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._send(404, {"error": {"message": f"no route {self.path}"}})
                 with server.lock:
                     index = len(server.requests)
                     server.requests.append(body)
                     status = server.fail_first.pop(0) if server.fail_first else None
+                    cached = cached_prefix_tokens(body.get("messages", []), server.previous_messages)
+                    server.previous_messages = body.get("messages", [])
                 if index < server.hang_first:
                     time.sleep(server.hang_s)
                 if status:
@@ -171,7 +227,38 @@ class ScriptedServer:
                     "id": f"chatcmpl-{index}", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model", "scripted"),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": tokens, "completion_tokens": completion, "total_tokens": tokens + completion},
+                    "usage": {"prompt_tokens": tokens, "completion_tokens": completion, "total_tokens": tokens + completion,
+                              "prompt_tokens_details": {"cached_tokens": cached}},
+                })
+
+            def _anthropic(self, body: dict[str, Any]) -> None:
+                """Anthropic's Messages API: caches only prefixes ending at a cache_control marker."""
+                import hashlib
+
+                blocks = anthropic_blocks(body)
+                sizes = [(len(text) + 3) // 4 + 4 for text, _ in blocks]
+                keys, h = [], hashlib.sha256()
+                for text, _ in blocks:
+                    h.update(text.encode() + b"\0")
+                    keys.append(h.hexdigest())
+                with server.lock:
+                    index = len(server.requests)
+                    server.requests.append(body)
+                    read = max((i + 1 for i, k in enumerate(keys) if k in server.anthropic_cache), default=0)
+                    marks = [i + 1 for i, (_, marked) in enumerate(blocks) if marked]
+                    written = max(marks, default=0)
+                    server.anthropic_cache.update(keys[m - 1] for m in marks)
+                read_tokens = sum(sizes[:read])
+                write_tokens = sum(sizes[read:written]) if written > read else 0
+                time.sleep(server.latency_s)
+                text = server.responder(anthropic_as_openai(body))
+                if body.get("max_tokens") == 1:
+                    text = text[:1]
+                self._send(200, {
+                    "id": f"msg_{index}", "type": "message", "role": "assistant", "model": body.get("model", "scripted"),
+                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                    "usage": {"input_tokens": sum(sizes) - read_tokens - write_tokens, "output_tokens": (len(text) + 3) // 4,
+                              "cache_read_input_tokens": read_tokens, "cache_creation_input_tokens": write_tokens},
                 })
 
         return Handler
