@@ -38,7 +38,7 @@ def read_dataset_file(path: Path) -> list[dict[str, Any]]:
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         else:
             data = json.loads(path.read_text())
-            rows = data if isinstance(data, list) else data.get("instances", [])
+            rows = data if isinstance(data, list) else data.get("instances", []) if isinstance(data, dict) else []
     except ImportError:
         raise UserError("reading parquet needs pyarrow: pip install pyarrow") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:

@@ -91,6 +91,16 @@ def harness_evaluate(instances: list[dict[str, Any]], preds: dict[str, dict[str,
 
 
 def _collect(instances, preds, workdir: Path, run_id: str, rc: int, log: Path) -> dict[str, dict[str, Any]]:
+    """Each instance's verdict: the harness's report.json, else what its run report says of it."""
+    run_reports = list(workdir.glob(f"*.{run_id}.json"))  # <first model>.<run_id>.json
+    try:
+        if not run_reports:
+            raise OSError("no run report")
+        empty = {iid for path in run_reports for iid in json.loads(path.read_text())["empty_patch_ids"]}
+    except (OSError, ValueError, KeyError):
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        raise UserError(f"the SWE-bench harness failed (exit {rc}): {tail[-1][:200] if tail else 'no output'}; "
+                        f"see {log}") from None
     reports: dict[str, dict[str, Any]] = {}
     for inst in instances:
         iid = inst["instance_id"]
@@ -98,27 +108,19 @@ def _collect(instances, preds, workdir: Path, run_id: str, rc: int, log: Path) -
         inst_dir = workdir / "logs" / "run_evaluation" / run_id / pred["model_name_or_path"].replace("/", "__") / iid
         base = {"instance_id": iid, "harness_run_id": run_id, "harness_logs": str(inst_dir),
                 "swebench_version": SWEBENCH_VERSION}
-        report_file = inst_dir / "report.json"
-        if report_file.is_file():
-            try:
-                verdict = json.loads(report_file.read_text())[iid]
-            except (ValueError, KeyError):
-                verdict = None
-            if verdict is not None:
-                reports[iid] = {**base, **verdict, "status": "resolved" if verdict.get("resolved") else "unresolved"}
-                continue
-        patch = pred.get("model_patch")
-        if patch is None or patch == "":
-            reports[iid] = {**base, "patch_is_None": patch is None, "patch_exists": False,
+        try:
+            verdict = json.loads((inst_dir / "report.json").read_text())[iid]
+        except (OSError, ValueError, KeyError):
+            verdict = None
+        if verdict is not None:
+            reports[iid] = {**base, **verdict, "status": "resolved" if verdict.get("resolved") else "unresolved"}
+        elif iid in empty:  # the harness never runs an empty prediction
+            reports[iid] = {**base, "patch_is_None": pred.get("model_patch") is None, "patch_exists": False,
                             "patch_successfully_applied": False, "resolved": False, "status": "empty_patch"}
-            continue
-        if not inst_dir.is_dir() and rc != 0:
-            tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-            raise UserError(f"the SWE-bench harness failed (exit {rc}): {tail[-1][:200] if tail else 'no output'}; "
-                            f"see {log}")
-        reports[iid] = {**base, "patch_is_None": False, "patch_exists": True,
-                        "patch_successfully_applied": not _apply_failed(inst_dir), "resolved": False,
-                        "status": "error", "error": _error_line(inst_dir)}
+        else:  # one of its error_ids: no report
+            reports[iid] = {**base, "patch_is_None": False, "patch_exists": True,
+                            "patch_successfully_applied": not _apply_failed(inst_dir), "resolved": False,
+                            "status": "error", "error": _error_line(inst_dir)}
     return reports
 
 
