@@ -166,6 +166,11 @@ def test_bad_input(tmp_path):
     check(run_cli("bench", "swe-mini", "--instances", "no-such-id"), "not in the benchmark")
     check(run_cli("bench", "swe-mini", "--filter", "zzz-matches-nothing"), "no instance matches")
     check(run_cli("bench", "swe-mini", "--memory", "full,bogus"), "--memory takes arms")
+    check(run_cli("bench", "swe-mini", "--evaluate-only", str(tmp_path / "no-preds.json")), "cannot read predictions file")
+    (tmp_path / "stranger.json").write_text(json.dumps({"x": {"instance_id": "not-an-instance", "model_patch": ""}}))
+    check(run_cli("bench", "swe-mini", "--evaluate-only", str(tmp_path / "stranger.json")), "not in swe-mini")
+    (tmp_path / "notpreds.json").write_text("[1, 2]")
+    check(run_cli("bench", "swe-mini", "--evaluate-only", str(tmp_path / "notpreds.json")), "not a SWE-bench predictions file")
     report = tmp_path / "out" / "swe-mini" / "report.json"
     report.parent.mkdir(parents=True)
     report.write_text('{"kept": true}')

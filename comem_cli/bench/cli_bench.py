@@ -72,9 +72,9 @@ def bench_command(**o: Any) -> int:
     plan = BenchPlan(name=o["name"], instances=instances, arms=arms, config=config, output=output,
                      workers=o["workers"], redo=o["redo_existing"], evaluate=o["evaluate"],
                      image_template=o["image_template"], executor=o["executor"], ray_address=o["ray_address"])
-    ensure_images(plan)
     if o["evaluate_only"]:
         return evaluate_only(plan, Path(o["evaluate_only"]))
+    ensure_images(plan)
 
     from comem_cli.models import LitellmModel
 

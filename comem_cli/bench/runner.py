@@ -259,5 +259,6 @@ def evaluate_only(plan: BenchPlan, preds_path: Path) -> list[str]:
     for iid in preds:  # graded afresh
         (plan.arm_dir(EVALUATE_ONLY) / "eval" / f"{iid}.json").unlink(missing_ok=True)
     chosen = replace(plan, instances=[i for i in plan.instances if i["instance_id"] in preds])
+    ensure_images(chosen)  # only the predicted instances' images
     evaluate_arm(chosen, EVALUATE_ONLY, preds)
     return [i["instance_id"] for i in chosen.instances]
