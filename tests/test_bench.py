@@ -262,3 +262,28 @@ def test_old_style_dataset_is_refused_naming_the_missing_fields(tmp_path):
     for field in ("image", "eval_script", "log_parser", "eval_type"):
         assert field in r.stderr
     assert "FAIL_TO_PASS" not in r.stderr
+
+
+def test_ctrl_c_while_the_harness_grades_leaves_no_container(tmp_path, docker_client):
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({GOLD["instance_id"]: {"instance_id": GOLD["instance_id"], "model_name_or_path": "gold",
+                                                       "model_patch": GOLD["patch"]}}))
+    proc = subprocess.Popen([sys.executable, "-m", "comem_cli", "bench", "swe-mini", "--evaluate-only", str(preds),
+                             "-o", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    harness_dir = tmp_path / "out" / "swe-mini" / "evaluate-only" / "harness"
+
+    def ours():
+        ids = {p.name.split(".", 1)[1].removesuffix(".log") for p in harness_dir.glob("harness.*.log")}
+        return [c for c in docker_client.containers.list(all=True) if any(c.name.endswith(i) for i in ids)], ids
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not ours()[0]:
+        time.sleep(0.3)
+    assert ours()[0], "the harness started its evaluation container"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    containers, run_ids = ours()
+    assert run_ids and not containers
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not any(r in ps for r in run_ids), "the harness process is gone"
