@@ -287,3 +287,18 @@ def test_ctrl_c_while_the_harness_grades_leaves_no_container(tmp_path, docker_cl
     assert run_ids and not containers
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert not any(r in ps for r in run_ids), "the harness process is gone"
+
+
+def test_swebench_verified_loads_the_dataset_the_pinned_harness_names(tmp_path):
+    """`comem bench swebench-verified` asks Hugging Face for the name swebench 5.x uses (offline here:
+    a one-line error that names it and points at --dataset)."""
+    from swebench.cli._datasets import resolve_dataset
+
+    from comem_cli.bench.datasets import HF_DATASETS
+
+    assert HF_DATASETS["swebench-verified"] == resolve_dataset("verified") == "SWE-bench/SWE-bench_Verified"
+    r = run_cli("bench", "swebench-verified", "--export-dataset", str(tmp_path / "v.jsonl"), timeout=120,
+                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "SWE-bench/SWE-bench_Verified" in r.stderr and "--dataset FILE" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
