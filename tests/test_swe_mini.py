@@ -1,6 +1,8 @@
-"""swe-mini: the images build, every record is sound, and the evaluation grades like the SWE-bench harness.
+"""swe-mini: the images build, every record is sound in the SWE-bench 5 schema, and the official harness
+(swebench 5.x, run offline on the local images) grades it: gold resolves, the base fails exactly the
+FAIL_TO_PASS tests, a patch that breaks PASS_TO_PASS or does not apply is not resolved.
 
-Real Docker, real images (built from PyPI source distributions on first use), the real swebench grading.
+Real Docker, real images (built from PyPI source distributions on first use), the real harness.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from comem_cli.bench.evaluation import as_list, build_swe_mini_images, evaluate, load_swe_mini
+from comem_cli.bench.datasets import HARNESS_FIELDS
+from comem_cli.bench.harness import harness_evaluate
+from comem_cli.bench.swe_mini import build_swe_mini_images, load_swe_mini
 from comem_cli.config import SandboxConfig
 from comem_cli.sandbox import Sandbox
 
@@ -27,6 +31,9 @@ SWEBENCH_FIELDS = {"instance_id", "repo", "base_commit", "problem_statement", "p
                    "PASS_TO_PASS", "version", "environment_setup_commit", "created_at", "hints_text"}
 REPORT_FIELDS = {"patch_is_None", "patch_exists", "patch_successfully_applied", "resolved"}
 TESTS_STATUS_KEYS = {"FAIL_TO_PASS", "PASS_TO_PASS", "FAIL_TO_FAIL", "PASS_TO_FAIL"}
+# A change that fixes nothing (a new, unrelated file): the harness runs the tests on the buggy base.
+NO_FIX = "diff --git a/COMEM_NOTE.txt b/COMEM_NOTE.txt\nnew file mode 100644\n--- /dev/null\n+++ b/COMEM_NOTE.txt\n" \
+         "@@ -0,0 +1 @@\n+not a fix\n"
 
 # A "fix" for the more-itertools task that makes FAIL_TO_PASS pass but yields keys instead of items on
 # the hashable path, which breaks a PASS_TO_PASS test (test_custom_key).
@@ -64,38 +71,56 @@ def images(docker_client):
 
 
 @pytest.fixture(scope="module")
-def reports(images):
-    """Every instance evaluated with its gold patch and with the empty patch, three at a time."""
-    jobs = [(iid, kind) for iid in IDS for kind in ("gold", "empty")]
-    jobs.append((BREAKS_P2P_ID, "breaks_p2p"))
-    patches = {"gold": lambda i: i["patch"], "empty": lambda i: "", "breaks_p2p": lambda i: BREAKS_P2P}
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {job: pool.submit(evaluate, BY_ID[job[0]], patches[job[1]](BY_ID[job[0]]), timeout=300)
-                   for job in jobs}
-        return {job: f.result() for job, f in futures.items()}
+def reports(images, tmp_path_factory):
+    """The official harness on every instance with its gold patch and with a change that fixes nothing,
+    and on a patch that breaks PASS_TO_PASS and one that does not apply: {(id, kind): report}."""
+    toolz = BY_ID["pytoolz__toolz-mini-1"]
+    bad = toolz["patch"].replace("            d = dtemp = d[k]\n", "            d = dtemp = d[key]\n")
+    assert bad != toolz["patch"]
+    rounds = {
+        "gold": {iid: BY_ID[iid]["patch"] for iid in IDS},
+        "no_fix": {iid: NO_FIX for iid in IDS},
+        "odd": {BREAKS_P2P_ID: BREAKS_P2P, toolz["instance_id"]: bad},
+    }
+    out = {}
+    for kind, patches in rounds.items():
+        preds = {iid: {"instance_id": iid, "model_name_or_path": f"test-{kind}", "model_patch": p} for iid, p in patches.items()}
+        got = harness_evaluate(INSTANCES, preds, tmp_path_factory.mktemp(kind), workers=2, timeout=300, label=kind)
+        assert set(got) == set(patches)
+        out.update({(iid, kind): report for iid, report in got.items()})
+    return out
 
 
-def test_records_follow_the_swebench_schema():
+def test_records_follow_the_swebench5_schema():
+    """Every record is one the official harness builds a test spec from (swebench's own make_test_spec)."""
+    from swebench.harness.utils import make_test_spec
+
     assert len(INSTANCES) >= 6
     assert len(set(IDS)) == len(IDS)
     assert len({i["repo"] for i in INSTANCES}) >= 6, "each task is a different real project"
     for inst in INSTANCES:
-        assert SWEBENCH_FIELDS | {"image", "test_cmd"} <= set(inst), inst["instance_id"]
+        assert SWEBENCH_FIELDS | set(HARNESS_FIELDS) <= set(inst), inst["instance_id"]
+        assert inst["log_parser"] == "parse_log_pytest" and inst["eval_type"] == "pass_and_fail"
         for key in ("FAIL_TO_PASS", "PASS_TO_PASS"):
             assert isinstance(inst[key], str), f"{key} is a JSON string, as in SWE-bench"
             tests = json.loads(inst[key])
             assert isinstance(tests, list) and tests and all(isinstance(t, str) and " " not in t for t in tests)
-        f2p, p2p = as_list(inst["FAIL_TO_PASS"]), as_list(inst["PASS_TO_PASS"])
-        assert not set(f2p) & set(p2p)
+        spec = make_test_spec(inst)
+        assert spec.image == inst["image"] and spec.FAIL_TO_PASS == json.loads(inst["FAIL_TO_PASS"])
+        assert not set(spec.FAIL_TO_PASS) & set(spec.PASS_TO_PASS)
         assert re.fullmatch(r"[0-9a-f]{40}", inst["base_commit"])
         assert inst["environment_setup_commit"] == inst["base_commit"]
         assert re.fullmatch(r"comem-swe-mini-[a-z0-9-]+:[\w.-]+", inst["image"])
-        assert inst["test_cmd"].startswith("python -m pytest -rA")
         assert inst["patch"].startswith("diff --git") and inst["test_patch"].startswith("diff --git")
         test_files = set(re.findall(r"^diff --git a/\S+ b/(\S+)", inst["test_patch"], re.M))
         gold_files = set(re.findall(r"^diff --git a/\S+ b/(\S+)", inst["patch"], re.M))
         assert test_files and not test_files & gold_files, "the gold patch does not touch the tests"
-        assert all(t.split("::")[0] in inst["test_cmd"] for t in f2p + p2p), "the test command runs every listed test"
+        script = spec.eval_script
+        assert inst["test_patch"].rstrip("\n") in script, "the eval script applies the test patch"
+        run = script.split(": '>>>>> Start Test Output'\n")[1].split("\n")[0]
+        assert run.startswith("python -m pytest -rA"), run
+        assert all(t.split("::")[0] in run for t in spec.FAIL_TO_PASS + spec.PASS_TO_PASS), "it runs every listed test"
+        assert "SWEBENCH_TEST_EXIT_CODE=$?" in script, "the harness records the test command's exit status"
         assert "diff --git" not in inst["problem_statement"], "the issue describes the symptom, not the fix"
 
 
@@ -141,35 +166,29 @@ def test_images_hold_the_buggy_base_commit_and_not_the_tests(images):
 def test_gold_patch_resolves(reports, iid):
     report = reports[(iid, "gold")]
     assert REPORT_FIELDS <= set(report) and set(report["tests_status"]) == TESTS_STATUS_KEYS
-    assert report["patch_exists"] and not report["patch_is_None"]
-    assert report["patch_successfully_applied"], report["log"][-2000:]
-    assert report["resolved"] is True, json.dumps(report["tests_status"], indent=1) + report["log"][-3000:]
-    assert report["resolution"] == "RESOLVED_FULL"
+    assert report["patch_exists"] and not report["patch_is_None"] and report["patch_successfully_applied"]
+    assert report["resolved"] is True and report["status"] == "resolved", json.dumps(report, indent=1)
     inst = BY_ID[iid]
-    assert sorted(report["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(as_list(inst["FAIL_TO_PASS"]))
-    assert sorted(report["tests_status"]["PASS_TO_PASS"]["success"]) == sorted(as_list(inst["PASS_TO_PASS"]))
-    assert report["test_exit_code"] == 0, "the test files pass as a whole once fixed"
-    assert ">>>>> Start Test Output" in report["log"] and "passed" in report["log"]
+    assert sorted(report["tests_status"]["FAIL_TO_PASS"]["success"]) == sorted(json.loads(inst["FAIL_TO_PASS"]))
+    assert sorted(report["tests_status"]["PASS_TO_PASS"]["success"]) == sorted(json.loads(inst["PASS_TO_PASS"]))
+    log = open(f"{report['harness_logs']}/test_output.txt").read()
+    assert ">>>>> Start Test Output" in log and ">>>>> Test Exit Code: 0" in log, "the test files pass as a whole once fixed"
 
 
 @pytest.mark.parametrize("iid", IDS)
-def test_empty_patch_does_not_resolve_and_fail_to_pass_fails_on_the_base(reports, iid):
-    report = reports[(iid, "empty")]
+def test_without_a_fix_exactly_fail_to_pass_fails(reports, iid):
+    report = reports[(iid, "no_fix")]
     inst = BY_ID[iid]
-    assert report["resolved"] is False and report["patch_exists"] is False
+    assert report["patch_successfully_applied"] is True and report["resolved"] is False
     status = report["tests_status"]
     assert status["FAIL_TO_PASS"]["success"] == []
-    assert sorted(status["FAIL_TO_PASS"]["failure"]) == sorted(as_list(inst["FAIL_TO_PASS"]))
-    for test in as_list(inst["FAIL_TO_PASS"]):
-        assert report["status_map"].get(test) in ("FAILED", "ERROR"), f"{test} must run and fail on the base"
-    assert sorted(status["PASS_TO_PASS"]["success"]) == sorted(as_list(inst["PASS_TO_PASS"]))
+    assert sorted(status["FAIL_TO_PASS"]["failure"]) == sorted(json.loads(inst["FAIL_TO_PASS"]))
+    assert sorted(status["PASS_TO_PASS"]["success"]) == sorted(json.loads(inst["PASS_TO_PASS"]))
     assert status["PASS_TO_PASS"]["failure"] == []
-    failing = {t for t, s in report["status_map"].items() if s in ("FAILED", "ERROR")}
-    assert failing == set(as_list(inst["FAIL_TO_PASS"])), "only the new tests fail on the base"
 
 
 def test_a_patch_that_breaks_pass_to_pass_does_not_resolve(reports):
-    report = reports[(BREAKS_P2P_ID, "breaks_p2p")]
+    report = reports[(BREAKS_P2P_ID, "odd")]
     assert report["patch_successfully_applied"] is True
     assert report["resolved"] is False
     status = report["tests_status"]
@@ -177,13 +196,11 @@ def test_a_patch_that_breaks_pass_to_pass_does_not_resolve(reports):
     assert "tests/test_recipes.py::UniqueEverseenTests::test_custom_key" in status["PASS_TO_PASS"]["failure"]
 
 
-def test_a_patch_that_does_not_apply_is_not_resolved(images, docker_client):
-    inst = BY_ID["pytoolz__toolz-mini-1"]
-    bad = inst["patch"].replace("            d = dtemp = d[k]\n", "            d = dtemp = d[key]\n")
-    assert bad != inst["patch"]
-    report = evaluate(inst, bad, timeout=120)
+def test_a_patch_that_does_not_apply_is_not_resolved(reports, docker_client):
+    report = reports[("pytoolz__toolz-mini-1", "odd")]
     assert report["patch_exists"] is True
     assert report["patch_successfully_applied"] is False
-    assert report["resolved"] is False
-    assert ">>>>> Patch Apply Failed" in report["log"]
-    assert not docker_client.containers.list(all=True, filters={"label": "comem.eval"}), "containers are removed"
+    assert report["resolved"] is False and report["status"] == "error" and report["error"] == "the patch does not apply"
+    assert ">>>>> Patch Apply Failed" in open(f"{report['harness_logs']}/run_instance.log").read()
+    for kind in ("gold", "no_fix", "odd"):
+        assert not docker_client.containers.list(all=True, filters={"name": f"comem-{kind}-"}), "containers are removed"

@@ -72,15 +72,9 @@ def bench_command(**o: Any) -> int:
     plan = BenchPlan(name=o["name"], instances=instances, arms=arms, config=config, output=output,
                      workers=o["workers"], redo=o["redo_existing"], evaluate=o["evaluate"],
                      image_template=o["image_template"], executor=o["executor"], ray_address=o["ray_address"])
-    ensure_images(plan)
-    official = uses_official_harness(plan)
-    evaluate_fn = None if official else make_evaluator(plan)
-    harness_dataset = str(Path(o["dataset"]).resolve()) if o["dataset"] else datasets.HF_DATASETS.get(plan.name, "")
-
     if o["evaluate_only"]:
-        if official:
-            return evaluate_only_with_harness(plan, Path(o["evaluate_only"]), harness_dataset)
-        return evaluate_only(plan, Path(o["evaluate_only"]), evaluate_fn)
+        return evaluate_only(plan, Path(o["evaluate_only"]))
+    ensure_images(plan)
 
     from comem_cli.models import LitellmModel
 
@@ -96,83 +90,29 @@ def bench_command(**o: Any) -> int:
     progress, stop = Progress(total=0), threading.Event()
     try:
         with Live(get_renderable=live_display(progress, started), console=console, refresh_per_second=2):
-            run_bench(plan, backends=backends, evaluate_fn=evaluate_fn if plan.evaluate else None,
-                      progress=progress, stop=stop)
+            run_bench(plan, backends=backends, progress=progress, stop=stop)
     finally:
         for backend in backends.values():
             if backend is not None:
                 backend.close()
-    if official and plan.evaluate:
-        from comem_cli.bench.harness import harness_evaluate
-
-        for arm in arms:
-            console.print(f"evaluating {arm} with the official SWE-bench harness (local images) ...")
-            harness_evaluate(plan.arm_dir(arm) / "preds.json", harness_dataset, plan.arm_dir(arm),
-                             [i["instance_id"] for i in instances], run_id=f"comem-{arm}", workers=plan.workers)
     report = bench_report(output, arms, [i["instance_id"] for i in instances], plan.name)
     console.print(report_table(report))
     console.print(f"[dim]report {output / 'report.json'} · predictions {', '.join(str(plan.arm_dir(a) / 'preds.json') for a in arms)}[/dim]")
     return 0
 
 
-def uses_official_harness(plan) -> bool:
-    """SWE-bench datasets are graded by the official harness; swe-mini (and instances that carry
-    their own `test_cmd`) by comem's evaluation, which uses the same swebench grading code."""
-    return plan.name != "swe-mini" and not all("test_cmd" in i for i in plan.instances)
-
-
-def evaluate_only_with_harness(plan, preds_path: Path, dataset: str) -> int:
-    import json
-
-    from comem_cli.bench.harness import harness_evaluate
-    from comem_cli.bench.report import bench_report, report_table
-    from comem_cli.ui import console
-
-    try:
-        data = json.loads(preds_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read predictions file {preds_path}: {e}") from None
-    ids = [p["instance_id"] for p in (data if isinstance(data, list) else data.values())]
-    arm = "evaluate-only"
-    harness_evaluate(preds_path, dataset, plan.output / arm, ids, run_id="comem-evaluate-only", workers=plan.workers)
-    console.print(report_table(bench_report(plan.output, [arm], ids, plan.name)))
-    return 0
-
-
-def make_evaluator(plan):
-    """comem's per-instance evaluation (swe-mini, or any instance with a `test_cmd`)."""
-    from comem_cli.bench.datasets import image_for
-    from comem_cli.bench.evaluation import evaluate
-
-    def evaluate_instance(instance, patch):
-        return evaluate({**instance, "image": image_for(instance, plan.image_template)}, patch)
-
-    return evaluate_instance
-
-
-def evaluate_only(plan, preds_path: Path, evaluate_fn) -> int:
+def evaluate_only(plan, preds_path: Path) -> int:
+    """Grade a predictions file with the official harness and show the verdicts."""
     import json
 
     from comem_cli.bench.report import bench_report, report_table
-    from comem_cli.rollouts import atomic_write_json
+    from comem_cli.bench.runner import EVALUATE_ONLY, evaluate_only as grade
     from comem_cli.ui import console
 
-    try:
-        data = json.loads(preds_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read predictions file {preds_path}: {e}") from None
-    preds = data if isinstance(data, list) else list(data.values())
-    by_id = {i["instance_id"]: i for i in plan.instances}
-    unknown = [p.get("instance_id") for p in preds if p.get("instance_id") not in by_id]
-    if unknown:
-        raise UserError(f"predictions for instances not in {plan.name}: {', '.join(map(str, unknown[:5]))}")
-    arm = "evaluate-only"
-    out = plan.output / arm
-    for p in preds:
-        report = evaluate_fn(by_id[p["instance_id"]], p.get("model_patch") or "")
-        atomic_write_json(out / "eval" / f"{p['instance_id']}.json", report)
-        mark = "[green]resolved[/green]" if report.get("resolved") else "[red]not resolved[/red]"
-        console.print(f"{p['instance_id']}: {mark}")
-    report = bench_report(plan.output, [arm], [p["instance_id"] for p in preds], plan.name)
-    console.print(report_table(report))
+    ids = grade(plan, preds_path)
+    for iid in ids:
+        verdict = json.loads((plan.arm_dir(EVALUATE_ONLY) / "eval" / f"{iid}.json").read_text())
+        mark = "[green]resolved[/green]" if verdict.get("resolved") else f"[red]not resolved[/red] ({verdict.get('status')})"
+        console.print(f"{iid}: {mark}")
+    console.print(report_table(bench_report(plan.output, [EVALUATE_ONLY], ids, plan.name)))
     return 0

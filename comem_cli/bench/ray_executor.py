@@ -33,7 +33,7 @@ def _run_remote(plan, arm: str, instance: dict[str, Any]) -> dict[str, Any]:
         return {"files": {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
 
 
-def run_on_ray(plan, todo: list, to_evaluate: list, complete: Callable, progress) -> None:
+def run_on_ray(plan, todo: list, complete: Callable, progress) -> None:
     try:
         import ray
     except ImportError:
@@ -45,8 +45,6 @@ def run_on_ray(plan, todo: list, to_evaluate: list, complete: Callable, progress
         raise UserError(f"cannot connect to Ray at {plan.ray_address or 'a new local instance'}: {str(e).splitlines()[0][:160]}") from None
     remote = ray.remote(_run_remote)
     pending = {remote.remote(plan, arm, inst): (arm, inst) for arm, inst in todo}
-    for arm, inst in to_evaluate:
-        complete(arm, inst, None)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         arm, inst = pending.pop(ready[0])

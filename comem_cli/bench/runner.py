@@ -3,9 +3,10 @@
 Outputs, per arm, under OUTPUT/RUN_ID/ARM/:
   runs/<instance_id>/   the `comem fix` run format (trajectory.jsonl, meta.json, patch.diff)
   preds.json            SWE-bench predictions ({instance_id: {instance_id, model_name_or_path, model_patch}})
-  eval/<instance_id>.json  the evaluation report (SWE-bench harness fields)
+  eval/<instance_id>.json  the official SWE-bench harness's verdict (bench/harness.py)
+  harness/              the harness's own dataset, predictions, logs and run report
 and OUTPUT/RUN_ID/report.json comparing the arms. Every file is written atomically; a rerun with
-the same output skips finished instances and redoes unfinished ones.
+the same output skips finished instances, redoes unfinished ones and grades what is not graded yet.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import json
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from comem_cli.config import RunConfig
 from comem_cli.errors import UserError
@@ -107,6 +108,7 @@ def run_one(plan: BenchPlan, arm: str, instance: dict[str, Any], backend, progre
     run_dir = plan.arm_dir(arm) / "runs" / iid
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished run from a killed bench: redo it from scratch
+    (plan.arm_dir(arm) / "eval" / f"{iid}.json").unlink(missing_ok=True)  # its old verdict is stale
     key = threading.current_thread().name
 
     def on_step(step) -> None:
@@ -123,37 +125,30 @@ def run_one(plan: BenchPlan, arm: str, instance: dict[str, Any], backend, progre
     return meta
 
 
-def run_bench(plan: BenchPlan, *, backends: dict[str, Any], evaluate_fn: Callable | None = None,
-              progress: Progress | None = None, stop: threading.Event | None = None) -> None:
-    """Run every (arm, instance) not finished yet; write preds and evaluations as they complete."""
+def run_bench(plan: BenchPlan, *, backends: dict[str, Any], progress: Progress | None = None,
+              stop: threading.Event | None = None) -> None:
+    """Run every (arm, instance) not finished yet, writing preds as they complete; then grade every
+    prediction not graded yet with the official harness (when plan.evaluate)."""
     preds = {arm: Predictions(plan.arm_dir(arm) / "preds.json") for arm in plan.arms}
-    todo, to_evaluate = [], []
+    todo = []
     for arm in plan.arms:
         for inst in plan.instances:
             run_dir = plan.arm_dir(arm) / "runs" / inst["instance_id"]
-            if not plan.redo and finished(run_dir) and inst["instance_id"] in preds[arm].items:
-                if plan.evaluate and not (plan.arm_dir(arm) / "eval" / f"{inst['instance_id']}.json").exists():
-                    to_evaluate.append((arm, inst))
-                continue
-            todo.append((arm, inst))
+            if plan.redo or not finished(run_dir) or inst["instance_id"] not in preds[arm].items:
+                todo.append((arm, inst))
     progress = progress or Progress(total=0)
-    progress.total = len(todo) + len(to_evaluate)
+    progress.total = len(todo)
     model_name = f"comem-{plan.config.model.name}"
 
-    def complete(arm: str, inst: dict[str, Any], patch: str | None) -> None:
-        if patch is not None:
-            preds[arm].add(inst["instance_id"], f"{model_name}-{arm}", patch)
-        if plan.evaluate and evaluate_fn is not None:
-            patch = preds[arm].items[inst["instance_id"]]["model_patch"]
-            report = evaluate_fn(inst, patch)
-            atomic_write_json(plan.arm_dir(arm) / "eval" / f"{inst['instance_id']}.json", report)
+    def complete(arm: str, inst: dict[str, Any], patch: str) -> None:
+        preds[arm].add(inst["instance_id"], f"{model_name}-{arm}", patch)
         with progress.lock:
             progress.done += 1
 
     if plan.executor == "ray":
         from comem_cli.bench.ray_executor import run_on_ray
 
-        run_on_ray(plan, todo, to_evaluate, complete, progress)
+        run_on_ray(plan, todo, complete, progress)
     else:
         def task(arm, inst):
             meta = run_one(plan, arm, inst, backends.get(arm), progress, stop)
@@ -164,8 +159,6 @@ def run_bench(plan: BenchPlan, *, backends: dict[str, Any], evaluate_fn: Callabl
 
         with ThreadPoolExecutor(max_workers=max(plan.workers, 1), thread_name_prefix="comem-bench") as pool:
             futures = {pool.submit(task, arm, inst): (arm, inst) for arm, inst in todo}
-            for arm, inst in to_evaluate:
-                futures[pool.submit(lambda: None)] = (arm, inst)
             try:
                 for future in as_completed(futures):
                     arm, inst = futures[future]
@@ -176,6 +169,28 @@ def run_bench(plan: BenchPlan, *, backends: dict[str, Any], evaluate_fn: Callabl
                 if stop is not None:
                     stop.set()
                 raise
+    if plan.evaluate:
+        for arm in plan.arms:
+            evaluate_arm(plan, arm, preds[arm].items, progress)
+
+
+def evaluate_arm(plan: BenchPlan, arm: str, preds: dict[str, dict[str, Any]], progress: Progress | None = None) -> None:
+    """Grade the arm's predictions that have no eval/<id>.json yet, with the official harness."""
+    from comem_cli.bench.harness import harness_evaluate
+
+    eval_dir = plan.arm_dir(arm) / "eval"
+    pending = [i for i in plan.instances
+               if i["instance_id"] in preds and not (eval_dir / f"{i['instance_id']}.json").exists()]
+    if not pending:
+        return
+    if progress is not None:
+        progress.set("harness", f"{arm:6s} official SWE-bench harness: grading {len(pending)} predictions")
+    reports = harness_evaluate(pending, preds, plan.arm_dir(arm) / "harness", image_template=plan.image_template,
+                               workers=plan.workers, label=arm)
+    for iid, report in reports.items():
+        atomic_write_json(eval_dir / f"{iid}.json", report)
+    if progress is not None:
+        progress.set("harness", None)
 
 
 def load_backends(plan: BenchPlan) -> dict[str, Any]:
@@ -204,10 +219,11 @@ def ensure_images(plan: BenchPlan) -> None:
             client.images.get(image)
         except Exception:
             missing.append(image)
-    if missing and plan.name == "swe-mini" and not plan.image_template:
-        from comem_cli.bench.evaluation import build_swe_mini_images
+    ours = [m for m in missing if m.startswith("comem-swe-mini-")]
+    if ours:  # the swe-mini images are built here, never pulled
+        from comem_cli.bench.swe_mini import build_swe_mini_images
 
-        build_swe_mini_images()
+        build_swe_mini_images(only=ours)
         missing = [m for m in missing if not _exists(client, m)]
     for image in list(missing):
         try:
@@ -225,3 +241,24 @@ def _exists(client, image: str) -> bool:
         return True
     except Exception:
         return False
+
+
+EVALUATE_ONLY = "evaluate-only"
+
+
+def evaluate_only(plan: BenchPlan, preds_path: Path) -> list[str]:
+    """Grade an existing predictions file (harness / sb-cli format) into OUTPUT/evaluate-only/eval/;
+    returns the graded instance ids."""
+    from comem_cli.bench.harness import read_predictions
+
+    preds = read_predictions(preds_path)
+    known = {i["instance_id"] for i in plan.instances}
+    unknown = [iid for iid in preds if iid not in known]
+    if unknown:
+        raise UserError(f"predictions for instances not in {plan.name}: {', '.join(map(str, unknown[:5]))}")
+    for iid in preds:  # graded afresh
+        (plan.arm_dir(EVALUATE_ONLY) / "eval" / f"{iid}.json").unlink(missing_ok=True)
+    chosen = replace(plan, instances=[i for i in plan.instances if i["instance_id"] in preds])
+    ensure_images(chosen)  # only the predicted instances' images
+    evaluate_arm(chosen, EVALUATE_ONLY, preds)
+    return [i["instance_id"] for i in chosen.instances]
