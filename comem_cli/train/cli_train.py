@@ -12,11 +12,14 @@ from typing import Any
 from comem_cli.errors import UserError
 
 
-def load_samples(rollouts: list[Path], *, k: int, only_resolved: bool, max_history_tokens: int | None,
+def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, max_history_tokens: int | None,
                  max_per_trajectory: int | None, eval_fraction: float, seed: int, console):
+    """Samples from `rollouts` (files or folders); none given: the bundled sample of real runs."""
+    from comem_cli.resources import bundled_trajectories
     from comem_cli.train.samples import build_samples, split_by_task
     from comem_cli.trajectories import discover
 
+    rollouts = list(rollouts or []) or [bundled_trajectories()]
     trajectories, skipped = discover(rollouts)
     console.print(f"read {len(trajectories)} trajectories" + (f", skipped {len(skipped)}" if skipped else ""))
     for path, reason in skipped[:10]:
