@@ -1,7 +1,10 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 that plays a script.
 
-Used by the tests, the demo (a recorded replay of a main model) and benchmarks: comem reaches it
-through litellm exactly as it would reach a provider (`--model openai/<any> --api-base <url>`).
+Part of the product: `comem demo` serves its recorded replay of the main and memory models with
+it. The tests and benchmarks use it too (`comem_cli.testing.scripted_server` re-exports it): comem
+reaches it through litellm exactly as it would reach a provider (`--model openai/<any> --api-base <url>`).
+
+Command line: `python -m comem_cli.replay_server --script replies.json [--port 8000]`.
 
 Replies come from a *responder*: a function of the request body. `Script` replays a list of replies
 (or one list per task) statelessly: the reply for a request is the one for the step the view is at,
