@@ -17,9 +17,9 @@ case "$target" in demo | test) ;; *) echo "usage: scripts/setup.sh [demo|test]" 
 log() { echo "setup: $*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
-step() {  # step WHAT COMMAND...: run it and say how long it took
+step() {  # step WHAT COMMAND...: run it and say how long it took (a failure is returned, not hidden)
   local what="$1" start; start="$(now)"; shift
-  "$@"
+  "$@" || return
   log "$what: $(since "$start")"
 }
 began="$(now)"
