@@ -77,7 +77,7 @@ class ViewInfo(BaseModel):
 
 
 class StepRecord(BaseModel):
-    """One main-model call and the command it chose (SPEC 3.4)."""
+    """One main-model call and the command it chose (docs/design.md, section 5)."""
 
     step: int
     view: ViewInfo

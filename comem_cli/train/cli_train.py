@@ -1,4 +1,4 @@
-"""`comem train-memory`: recorded runs -> SPEC-4 samples -> (SFT warm-up) -> GRPO -> a checkpoint.
+"""`comem train-memory`: recorded runs -> samples (docs/design.md, section 6) -> (SFT warm-up) -> GRPO -> a checkpoint.
 
 The checkpoint (`OUTPUT/final`, a plain Hugging Face directory, LoRA merged) is what
 `--memory-model OUTPUT/final` loads in every memory backend.

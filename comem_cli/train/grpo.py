@@ -1,4 +1,4 @@
-"""GRPO on the memory model (SPEC 4), with trl's `GRPOTrainer`.
+"""GRPO on the memory model (docs/design.md, section 6), with trl's `GRPOTrainer`.
 
 One dataset row per sample: the prompt is the memory model's input (`samples.memory_input`, chat
 messages), plus the sample's index. For every prompt trl draws a group of G summaries

@@ -1,4 +1,4 @@
-"""SFT warm-up of the memory model on teacher summaries (SPEC 4), with trl's `SFTTrainer`.
+"""SFT warm-up of the memory model on teacher summaries (docs/design.md, section 6), with trl's `SFTTrainer`.
 
 `teacher_summaries(samples, teacher_model)` asks a teacher (any litellm model) for the summary of
 each sample's memory input, i.e. exactly the messages the memory model is sent
