@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the hashed lock files under requirements/ (run after changing pyproject.toml's
 # dependencies; commit the result). The set-up installs ONLY from these files, every file checked
-# against its sha256 (pip --require-hashes --no-deps): a release re-uploaded or compromised after it
-# was locked (litellm 1.82.7/8 were) cannot slip in.
+# against its sha256 (pip --require-hashes --no-deps): neither a new, compromised release (as
+# litellm's 1.82.7 / 1.82.8 were) nor a file swapped under a locked version can slip in.
 #
 #   requirements/test.txt      everything `make test` needs: comem and its extras dev, memory, bench, train
 #   requirements/demo.txt      what `make demo` needs: comem's own dependencies only (no torch, no models),
