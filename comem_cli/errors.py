@@ -60,7 +60,10 @@ class FormatError(Exception):
     """The model's reply had no (or more than one) bash block. Not fatal: the model is told why."""
 
 
-EXIT_STATUSES = (
-    "submitted", "step_limit", "cost_limit", "time_limit", "format_error",
-    "context_overflow", "api_error", "environment_error", "interrupted",
-)
+# Every exit status a run can end with (meta.json's `status`), in one place: the classes above.
+EXIT_STATUSES = tuple(cls.status for cls in (
+    Submitted, StepLimit, CostLimit, TimeLimit, TooManyFormatErrors, ContextOverflow, ApiError, EnvironmentFailure,
+    Interrupted,
+))
+# The statuses of a run that is over for good: a resumed benchmark keeps it (an interrupted run is redone).
+FINAL_STATUSES = frozenset(EXIT_STATUSES) - {Interrupted.status}

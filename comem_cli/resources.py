@@ -1,7 +1,8 @@
-"""Where the files shipped next to the code live: prompts/, sandbox/, examples/.
+"""Where the files shipped next to the code live: prompts/, sandbox/, examples/, and the bundled data.
 
-In a source checkout (editable install) they sit at the repository root; in a wheel they are
-packaged inside comem_cli/ (see pyproject's force-include).
+In a source checkout (editable install) prompts/, sandbox/ and examples/ sit at the repository
+root; in a wheel they are packaged inside comem_cli/ (see pyproject's force-include). The data
+(comem_cli/data/) is part of the package in both.
 """
 
 from __future__ import annotations
@@ -16,3 +17,13 @@ def resource_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"comem resource folder {name!r} is missing from the installation")
+
+
+def bundled_trajectories() -> Path:
+    """The sample of real recorded runs shipped with comem: 32 mini-swe-agent runs on SWE-bench
+    Verified with their evaluation reports, gzipped (source and licence in its README and LICENSE).
+    The default of `comem bench latency --trajectories` and `comem train-memory --rollouts`."""
+    path = PACKAGE / "data" / "trajectories"
+    if not path.is_dir():
+        raise FileNotFoundError(f"comem's bundled trajectories are missing from the installation ({path})")
+    return path

@@ -7,23 +7,51 @@ A run directory holds:
   and totals, written atomically at start and at the end;
 - `patch.diff`: the final patch.
 
+Recorded runs may also be stored gzip-compressed (`trajectory.jsonl.gz`, `meta.json.gz`); every
+reader here takes either (`open_text`, `stored`).
+
 Timestamps are wall-clock seconds since the epoch (time.time()), so timelines from several
 threads and processes line up.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 TRAJECTORY = "trajectory.jsonl"
 META = "meta.json"
 PATCH = "patch.diff"
+GZ = ".gz"
+
+
+def open_text(path: str | os.PathLike) -> IO[str]:
+    """A text file for reading, gunzipped on the fly when its name ends in .gz (bad bytes replaced)."""
+    if str(path).endswith(GZ):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The whole text of a plain or gzip-compressed file. Raises OSError (bad gzip data: BadGzipFile)."""
+    with open_text(path) as f:
+        return f.read()
+
+
+def stored(path: str | os.PathLike) -> Path | None:
+    """`path` if it is a file, else its compressed twin `path.gz` if that is one, else None."""
+    path = Path(path)
+    for candidate in (path, path.with_name(path.name + GZ)):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class Span(BaseModel):
@@ -49,7 +77,7 @@ class ViewInfo(BaseModel):
 
 
 class StepRecord(BaseModel):
-    """One main-model call and the command it chose (SPEC 3.4)."""
+    """One main-model call and the command it chose (docs/design.md, section 5)."""
 
     step: int
     view: ViewInfo
@@ -126,7 +154,7 @@ class RunRecord(BaseModel):
 def read_steps(path: Path) -> tuple[list[StepRecord], int]:
     """Steps of a trajectory.jsonl, skipping (and counting) lines that do not parse."""
     steps, skipped = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open_text(path) as f:
         for line in f:
             if not line.strip():
                 continue
@@ -138,14 +166,18 @@ def read_steps(path: Path) -> tuple[list[StepRecord], int]:
 
 
 def read_run(run_dir: Path) -> RunRecord:
-    """Read a comem run directory. Raises ValueError with a one-line reason if it is not one."""
+    """Read a comem run directory (plain or gzipped files). Raises ValueError with a one-line reason if it is not one."""
     run_dir = Path(run_dir)
-    traj = run_dir / TRAJECTORY
-    if not traj.is_file():
+    traj = stored(run_dir / TRAJECTORY)
+    if traj is None:
         raise ValueError(f"{run_dir}: no {TRAJECTORY}")
+    meta_file = stored(run_dir / META)
     try:
-        meta = json.loads((run_dir / META).read_text()) if (run_dir / META).is_file() else {}
+        meta = json.loads(read_text(meta_file)) if meta_file is not None else {}
     except json.JSONDecodeError as e:
-        raise ValueError(f"{run_dir / META}: not valid JSON ({e.msg})") from None
-    steps, skipped = read_steps(traj)
+        raise ValueError(f"{meta_file}: not valid JSON ({e.msg})") from None
+    try:
+        steps, skipped = read_steps(traj)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # a damaged .gz
+        raise ValueError(f"{traj}: unreadable ({e})") from None
     return RunRecord(path=run_dir, meta=meta, steps=steps, skipped_lines=skipped)

@@ -18,6 +18,9 @@ Formats read:
   `exit_status` is `info.exit_status`; `resolved` comes from the sibling
   `<instance>.report.json` (or a `report.json` in the same folder), read as above.
 
+Any of these files may be gzip-compressed (`trajectory.jsonl.gz`, `meta.json.gz`, `*.traj.json.gz`,
+`*.report.json.gz`): the bundled sample (`resources.bundled_trajectories()`) is stored that way.
+
 Files that cannot be read (bad JSON, missing keys, no steps) raise `ValueError` with a one-line
 reason in `load_trajectory`; `discover` collects them as skipped and never crashes.
 """
@@ -33,9 +36,10 @@ from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel
 
-from comem_cli.rollouts import META, TRAJECTORY, read_run
+from comem_cli.rollouts import GZ, META, TRAJECTORY, read_run, read_text, stored
 
 MINI_SUFFIX = ".traj.json"
+MINI_SUFFIXES = (MINI_SUFFIX, MINI_SUFFIX + GZ)
 EVAL_FILES = ("report.json", "eval.json")  # evaluation results next to a comem run's trajectory
 _MINI_BLOCK = re.compile(r"```(?:bash|mswea_bash_command)[ \t]*\n(.*?)\n?```", re.DOTALL)
 
@@ -80,12 +84,13 @@ def _resolved_from(data: Any, key: str | None = None) -> bool | None:
 
 
 def _resolved_from_files(candidates: Iterable[Path], key: str | None) -> bool | None:
-    for path in candidates:
-        if not path.is_file():
+    for given in candidates:
+        path = stored(given)
+        if path is None:
             continue
         try:
-            value = _resolved_from(json.loads(path.read_text(encoding="utf-8", errors="replace")), key)
-        except (OSError, ValueError):
+            value = _resolved_from(json.loads(read_text(path)), key)
+        except (OSError, ValueError, EOFError):
             continue  # an unreadable report leaves `resolved` unknown; the trajectory still counts
         if value is not None:
             return value
@@ -124,7 +129,7 @@ def load_comem_run(run_dir: Path) -> Trajectory:
     except OSError as e:
         raise ValueError(f"cannot read: {e.strerror or e}") from None
     prompts = run.meta.get("prompts")
-    if not (run_dir / META).is_file():
+    if stored(run_dir / META) is None:
         raise ValueError(f"no {META} (the system prompt and task are needed)")
     if not isinstance(prompts, dict) or not isinstance(prompts.get("system"), str) or not isinstance(prompts.get("task"), str):
         raise ValueError(f"{META} has no prompts.system / prompts.task")
@@ -148,9 +153,9 @@ def load_comem_run(run_dir: Path) -> Trajectory:
 def load_mini_swe_agent(path: Path) -> Trajectory:
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except OSError as e:
-        raise ValueError(f"cannot read: {e.strerror or e}") from None
+        data = json.loads(read_text(path))
+    except (OSError, EOFError) as e:  # EOFError: a truncated .gz
+        raise ValueError(f"cannot read: {getattr(e, 'strerror', None) or e}") from None
     except ValueError as e:
         raise ValueError(f"not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(data, dict):
@@ -179,7 +184,7 @@ def load_mini_swe_agent(path: Path) -> Trajectory:
     if not steps:
         raise ValueError("no assistant steps")
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    name = path.name[: -len(MINI_SUFFIX)] if path.name.endswith(MINI_SUFFIX) else path.stem
+    name = next((path.name[: -len(suffix)] for suffix in MINI_SUFFIXES if path.name.endswith(suffix)), path.stem)
     instance = data.get("instance_id") if isinstance(data.get("instance_id"), str) else name
     resolved = _resolved_from_files([path.with_name(f"{name}.report.json"), path.with_name("report.json")], instance)
     status = info.get("exit_status")
@@ -190,16 +195,16 @@ def load_mini_swe_agent(path: Path) -> Trajectory:
 
 
 def load_trajectory(path: str | os.PathLike) -> Trajectory:
-    """A comem run directory (or its trajectory.jsonl) or a mini-swe-agent `.traj.json`.
+    """A comem run directory (or its trajectory.jsonl) or a mini-swe-agent `.traj.json` (either maybe gzipped).
 
     Raises ValueError with a one-line reason when the path is not a readable trajectory.
     """
     path = Path(path)
     if path.is_dir():
-        if (path / TRAJECTORY).is_file():
+        if stored(path / TRAJECTORY) is not None:
             return load_comem_run(path)
         raise ValueError(f"not a comem run directory (no {TRAJECTORY})")
-    if path.name == TRAJECTORY:
+    if path.name in (TRAJECTORY, TRAJECTORY + GZ):
         return load_comem_run(path.parent)
     if path.is_file():
         return load_mini_swe_agent(path)
@@ -207,17 +212,17 @@ def load_trajectory(path: str | os.PathLike) -> Trajectory:
 
 
 def _candidates(root: Path) -> list[Path]:
-    """comem run dirs and *.traj.json files under `root` (sorted; hidden folders are not entered)."""
-    if (root / TRAJECTORY).is_file():
+    """comem run dirs and *.traj.json(.gz) files under `root` (sorted; hidden folders are not entered)."""
+    if stored(root / TRAJECTORY) is not None:
         return [root]
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if TRAJECTORY in files:
+        if TRAJECTORY in files or TRAJECTORY + GZ in files:
             found.append(Path(folder))
             dirs[:] = []  # a run directory does not hold other runs
             continue
-        found.extend(Path(folder) / f for f in sorted(files) if f.endswith(MINI_SUFFIX))
+        found.extend(Path(folder) / f for f in sorted(files) if f.endswith(MINI_SUFFIXES))
     return found
 
 

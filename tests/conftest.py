@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from comem_cli.resources import bundled_trajectories
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("COMEM_SHARED", REPO_ROOT.parent / "shared"))
+# The real recorded runs bundled with comem (gzipped): 32 mini-swe-agent runs with their SWE-bench reports.
+TRAJECTORIES = bundled_trajectories()
+MINI = TRAJECTORIES / "mini-swe-agent"
 
 
 def git(cwd: Path, *args: str) -> str:

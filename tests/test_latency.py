@@ -1,7 +1,7 @@
 """`comem bench latency`: the cost model, the virtual-time replay, its schedule against the real
 MemoryContext, the paper calibration, the benchmark targets, a real `--serving local` run, bad input.
 
-Runs on the shared mini-swe-agent trajectories (../shared/data/trajectories); tokens are counted
+Runs on the mini-swe-agent trajectories bundled with comem (comem_cli/data/trajectories); tokens are counted
 once per test session (module fixture).
 """
 
@@ -21,9 +21,8 @@ from comem_cli.config import MemoryConfig
 from comem_cli.memory.pipeline import MemoryContext
 from comem_cli.rollouts import Span, StepRecord, ViewInfo
 from comem_cli.views import build_view
-from tests.conftest import SHARED, run_cli
-
-TRAJECTORIES = SHARED / "data" / "trajectories"
+from comem_cli.rollouts import read_text
+from tests.conftest import TRAJECTORIES, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +245,7 @@ def target_rows(world):
     return {(r["arm"], r["k"], r["concurrency"]): r for r in rows}
 
 
-# Issue 5's targets, measured with the default (paper-calibrated) cost model on the shared
+# Issue 5's targets, measured with the default (paper-calibrated) cost model on the bundled
 # trajectories. Those not met are strict xfails: the measured numbers are in the reasons, and the
 # test fails the day the model meets them (then drop the mark).
 def test_target_comem_faster_than_sync_at_every_concurrency(target_rows):
@@ -286,10 +285,9 @@ def test_target_comem_k2_1_5x_faster_than_full_at_32(target_rows):
 def _small_set(tmp_path, n=2):
     folder = tmp_path / "trajs"
     folder.mkdir()
-    names = sorted(p.name for p in TRAJECTORIES.glob("*/*.traj.json"))
-    sizes = sorted((len((next(TRAJECTORIES.glob(f"*/{name}"))).read_text()), name) for name in names)
-    for _, name in sizes[:n]:
-        (folder / name).write_text(next(TRAJECTORIES.glob(f"*/{name}")).read_text())
+    texts = {p.name.removesuffix(".gz"): read_text(p) for p in TRAJECTORIES.glob("*/*.traj.json.gz")}
+    for _, name in sorted((len(text), name) for name, text in texts.items())[:n]:
+        (folder / name).write_text(texts[name])
     return folder
 
 

@@ -49,18 +49,14 @@ def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm
 
 
 def test_train_memory_cli_checkpoint_drives_a_fix_run(words_repo, tmp_path, tiny_lm, docker_client):
-    """`comem train-memory` on the shared real trajectories (tiny base and policy models, 2 GRPO
-    steps), then the checkpoint it wrote is the memory model of a real `comem fix` run."""
-    from tests.conftest import SHARED
-
-    rollouts = SHARED / "data" / "trajectories"
-    if not rollouts.is_dir():
-        pytest.skip(f"shared trajectories not found at {rollouts}")
+    """`comem train-memory` on its default rollouts, the real trajectories bundled with comem (tiny base
+    and policy models, 2 GRPO steps), then the checkpoint it wrote is the memory model of a real `comem fix` run."""
     out = tmp_path / "memory-model"
-    r = run_cli("train-memory", "--rollouts", str(rollouts), "--base-model", str(tiny_lm), "--policy-model", str(tiny_lm),
+    r = run_cli("train-memory", "--base-model", str(tiny_lm), "--policy-model", str(tiny_lm),
                 "--steps", "2", "--group-size", "2", "--max-summary-tokens", "16", "--max-history-tokens", "400",
                 "--max-per-trajectory", "1", "--output", str(out), timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "read 32 trajectories" in r.stdout + r.stderr  # the bundled sample
     report = __import__("json").loads((out / "train_report.json").read_text())
     assert len(report["steps"]) == 2 and (out / "reward_curve.png").is_file()
     assert (out / "final" / "config.json").is_file()

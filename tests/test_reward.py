@@ -1,10 +1,8 @@
-"""The GRPO action reward on real actions from the shared mini-swe-agent trajectories."""
+"""The GRPO action reward on real actions from the mini-swe-agent trajectories bundled with comem."""
 
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,12 +10,10 @@ from hypothesis import strategies as st
 
 from comem_cli.train.reward import action_reward, parse_command_line, reward_breakdown
 from comem_cli.trajectories import discover
+from tests.conftest import MINI
 
-SHARED = Path(os.environ.get("COMEM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MINI = SHARED / "data" / "trajectories" / "mini-swe-agent"
-needs_data = pytest.mark.skipif(not MINI.is_dir(), reason=f"shared trajectories not found at {MINI}")
 
-# Real recorded actions (each is checked to occur in the shared data below).
+# Real recorded actions (each is checked to occur in the bundled data below).
 CAT_VALIDATORS = "cat ./django/contrib/auth/validators.py"
 CAT_QDP = "cat astropy/io/ascii/qdp.py"
 GREP_NO = 'grep -n \'if v == "NO":\' astropy/io/ascii/qdp.py'
@@ -68,7 +64,6 @@ def actions(trajectories) -> list[str]:
     return [s.action for t in trajectories for s in t.steps if s.action is not None]
 
 
-@needs_data
 def test_the_pairs_are_real(actions):
     recorded = set(actions)
     for action in REAL:
@@ -151,7 +146,6 @@ def test_robust_to_odd_commands():
             assert 0.0 <= action_reward(other, odd) <= 1.0
 
 
-@needs_data
 def test_every_recorded_reply_scores_one_against_its_own_action(trajectories):
     for t in trajectories:
         for s in t.steps:
@@ -161,7 +155,6 @@ def test_every_recorded_reply_scores_one_against_its_own_action(trajectories):
                 assert action_reward(s.response, "ls") == 0.0
 
 
-@needs_data
 def test_random_real_pairs_are_in_range_and_mostly_low(actions):
     rng = random.Random(0)
     rewards = [action_reward(rng.choice(actions), rng.choice(actions)) for _ in range(800)]

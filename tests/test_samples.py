@@ -1,10 +1,8 @@
-"""SPEC 4 training samples built from the 32 real mini-swe-agent trajectories."""
+"""Training samples (design.md, "The rollout format") built from the 32 real mini-swe-agent trajectories bundled with comem."""
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
@@ -13,10 +11,8 @@ from comem_cli.train.samples import (
 )
 from comem_cli.trajectories import Step, Trajectory, discover
 from comem_cli.views import estimate_tokens
+from tests.conftest import MINI
 
-SHARED = Path(os.environ.get("COMEM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MINI = SHARED / "data" / "trajectories" / "mini-swe-agent"
-pytestmark = pytest.mark.skipif(not MINI.is_dir(), reason=f"shared trajectories not found at {MINI}")
 STEP_INDEX = re.compile(r'<step index="(\d+)">')
 
 
@@ -51,7 +47,7 @@ def test_counts_by_lag_match_the_formula(trajectories, k):
                                if s.action is not None and t >= 2)
 
 
-def test_counts_on_the_shared_data(trajectories):
+def test_counts_on_the_bundled_data(trajectories):
     # 1067 steps, 28 format errors, 32 runs: pinned so that a change in loading or sampling shows
     assert [len(build_samples(trajectories, k)) for k in (1, 2, 4)] == [975, 1918, 3710]
 
@@ -102,7 +98,7 @@ def test_successive_memory_inputs_share_a_prefix(trajectories):
 
 def test_long_observations_are_cut_head_and_tail(trajectories):
     long_steps = [(t, i, s) for t in trajectories for i, s in enumerate(t.steps) if len(s.observation) > 5000]
-    assert long_steps, "the shared data has long observations"
+    assert long_steps, "the bundled data has long observations"
     trajectory, index, step = long_steps[0]
     sample = next(s for s in build_samples([trajectory], 1) if s.t - s.lag > index)
     text = memory_input(sample, max_observation_chars=1000)[1]["content"]

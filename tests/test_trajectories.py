@@ -1,21 +1,20 @@
-"""Reading recorded trajectories: the 32 real mini-swe-agent runs, comem run dirs, and broken inputs."""
+"""Reading recorded trajectories: the 32 real mini-swe-agent runs bundled with comem (gzipped), comem run dirs
+(plain or gzipped), and broken inputs."""
 
 from __future__ import annotations
 
+import gzip
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from comem_cli.rollouts import RunWriter, Span, StepRecord, ViewInfo
+from comem_cli.rollouts import RunWriter, Span, StepRecord, ViewInfo, read_text
 from comem_cli.trajectories import Trajectory, discover, load_trajectory
+from tests.conftest import MINI
 
-SHARED = Path(os.environ.get("COMEM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-MINI = SHARED / "data" / "trajectories" / "mini-swe-agent"
-needs_data = pytest.mark.skipif(not MINI.is_dir(), reason=f"shared trajectories not found at {MINI}")
 FENCE = re.compile(r"```bash[ \t]*\n(.*?)\n?```", re.DOTALL)
 
 
@@ -25,20 +24,18 @@ def mini() -> tuple[list[Trajectory], list]:
 
 
 def raw(path: str) -> dict:
-    return json.loads(Path(path).read_text())
+    return json.loads(read_text(path))
 
 
-@needs_data
-def test_all_shared_trajectories_load(mini):
+def test_all_bundled_trajectories_load(mini):
     loaded, skipped = mini
     assert skipped == []
-    assert len(loaded) == 32 == len(list(MINI.glob("*.traj.json")))
+    assert len(loaded) == 32 == len(list(MINI.glob("*.traj.json.gz")))
     assert len({t.id for t in loaded}) == 32
     assert all(t.source == "mini-swe-agent" for t in loaded)
     assert sum(len(t.steps) for t in loaded) == 1067
 
 
-@needs_data
 def test_steps_match_the_recorded_conversation(mini):
     for trajectory in mini[0]:
         data = raw(trajectory.path)
@@ -60,7 +57,6 @@ def test_steps_match_the_recorded_conversation(mini):
                 assert "EXACTLY ONE action" in step.observation
 
 
-@needs_data
 def test_resolved_flags_come_from_the_reports(mini):
     for trajectory in mini[0]:
         report = raw(trajectory.path.replace(".traj.json", ".report.json"))
@@ -68,14 +64,13 @@ def test_resolved_flags_come_from_the_reports(mini):
     assert sum(t.resolved for t in mini[0]) == 23  # 9 of the 32 runs did not resolve
 
 
-@needs_data
 def test_mswea_fences_and_missing_reports(tmp_path, mini):
     original = mini[0][0]
     data = raw(original.path)
     for m in data["messages"]:
         if m["role"] == "assistant":
             m["content"] = m["content"].replace("```bash", "```mswea_bash_command")
-    copy = tmp_path / Path(original.path).name
+    copy = tmp_path / Path(original.path).name.removesuffix(".gz")  # plain JSON beside a gzipped report
     copy.write_text(json.dumps(data))
     loaded = load_trajectory(copy)
     assert [s.action for s in loaded.steps] == [s.action for s in original.steps]
@@ -84,17 +79,18 @@ def test_mswea_fences_and_missing_reports(tmp_path, mini):
     assert load_trajectory(copy).resolved is original.resolved
 
 
-@needs_data
 def test_broken_inputs_are_skipped_with_reasons(tmp_path):
     good = tmp_path / "good"
     shutil.copytree(MINI, good, ignore=shutil.ignore_patterns("django__*", "sympy__*", "sphinx*", "matplotlib*"))
-    n_good = len(list(good.glob("*.traj.json")))
-    text = (MINI / "django__django-11099.traj.json").read_text()
+    n_good = len(list(good.glob("*.traj.json.gz")))
+    text = read_text(MINI / "django__django-11099.traj.json.gz")
     (good / "truncated.traj.json").write_text(text[: len(text) // 2])
     (good / "empty.traj.json").write_text("")
     (good / "nomessages.traj.json").write_text(json.dumps({"info": {"exit_status": "Submitted"}}))
     (good / "list.traj.json").write_text("[1, 2]")
     (good / "bad-report.report.json").write_text("{not json")
+    (good / "notgzip.traj.json.gz").write_text("{}")
+    (good / "cut.traj.json.gz").write_bytes(gzip.compress(text.encode())[:5000])
     (tmp_path / "empty-dir").mkdir()
     run = tmp_path / "runs" / "broken-run"
     run.mkdir(parents=True)
@@ -108,6 +104,7 @@ def test_broken_inputs_are_skipped_with_reasons(tmp_path):
     assert "not valid JSON" in reasons["empty.traj.json"]
     assert "messages" in reasons["nomessages.traj.json"]
     assert "not a mini-swe-agent trajectory" in reasons["list.traj.json"]
+    assert "cannot read" in reasons["notgzip.traj.json.gz"] and "cannot read" in reasons["cut.traj.json.gz"]
     assert "no trajectories found" in reasons["empty-dir"]
     assert "prompts" in reasons["broken-run"]
     assert reasons["missing"] == "does not exist"
@@ -177,3 +174,22 @@ def test_comem_run_dir_problems(tmp_path):
     assert "no meta.json" in reasons["no-meta"]
     assert "not valid JSON" in reasons["bad-meta"]
     assert "no steps" in reasons["garbage"] and "2 unreadable lines" in reasons["garbage"]
+
+
+def test_gzipped_comem_run_dirs_read_like_plain_ones(tmp_path):
+    meta = {"status": "submitted", "prompts": {"system": "SYSTEM", "task": "TASK"}, "instance_id": "repo__x-1"}
+    write_run(tmp_path / "plain" / "run-a", meta, STEPS)
+    shutil.copytree(tmp_path / "plain", tmp_path / "packed")
+    for name in ("trajectory.jsonl", "meta.json"):
+        path = tmp_path / "packed" / "run-a" / name
+        path.with_name(name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    (tmp_path / "packed" / "run-a" / "report.json.gz").write_bytes(gzip.compress(b'{"resolved": true}'))
+    (packed,), skipped = discover([tmp_path / "packed"])
+    plain = load_trajectory(tmp_path / "plain" / "run-a")
+    assert skipped == [] and packed.resolved is True and plain.resolved is None
+    assert (packed.system, packed.task, packed.exit_status, packed.steps) == (plain.system, plain.task, plain.exit_status, plain.steps)
+    assert load_trajectory(tmp_path / "packed" / "run-a" / "trajectory.jsonl.gz") == packed
+    (tmp_path / "packed" / "run-a" / "trajectory.jsonl.gz").write_bytes(b"\x1f\x8b not really gzip")
+    ((_, reason),) = discover([tmp_path / "packed"])[1]
+    assert "unreadable" in reason and "\n" not in reason

@@ -127,7 +127,7 @@ def test_openai_backend_through_litellm_against_vllm_server(vllm_server):
     concurrently from the pipeline's thread pool, with the memory model's real input layout."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from comem_cli.memory.backends import OpenAIBackend
+    from comem_cli.memory.openai_backend import OpenAIBackend
     from comem_cli.memory.transcript import memory_messages
     from comem_cli.trajectories import Step
 

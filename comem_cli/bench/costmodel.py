@@ -130,7 +130,6 @@ def _engine(prefix: str) -> "EngineParams":
 
 MAIN_ENGINE = _engine("main")
 MEMORY_ENGINE = _engine("memory")
-FIT_PARAMS = tuple(FITTED)
 
 
 class CostParams(BaseModel):

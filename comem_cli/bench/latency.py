@@ -72,6 +72,7 @@ from comem_cli.config import MemoryConfig
 from comem_cli.errors import UserError
 from comem_cli.memory.pipeline import FullContext, MaskContext, overlap, raw_tokens
 from comem_cli.memory.transcript import memory_messages
+from comem_cli.resources import bundled_trajectories
 from comem_cli.views import View, build_view, estimate_tokens
 
 ARMS = ("full", "mask", "sync", "comem")
@@ -983,7 +984,7 @@ def latency_command(**o: Any) -> int:
     if summary_tokens < 1:
         raise UserError(f"--summary-tokens must be >= 1 (got {summary_tokens})")
     params = apply_overrides(CostParams(), o.get("cost_param") or [])
-    paths = o.get("trajectories") or []
+    paths = o.get("trajectories") or [bundled_trajectories()]
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if not paths:
@@ -1038,7 +1039,7 @@ def _real_servers(serving: str, o: dict[str, Any]):
     if serving == "local":
         import tempfile
 
-        from comem_cli.testing.tiny_models import build_tiny_causal_lm
+        from comem_cli.memory.tiny_lm import build_tiny_causal_lm
 
         root = Path(tempfile.mkdtemp(prefix="comem-latency-"))
         main = LocalModel(build_tiny_causal_lm(root / "main", seed=1, hidden_size=192, layers=3))
@@ -1063,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m comem_cli.bench.latency")
     ap.add_argument("command", choices=["fit", "check"])
-    ap.add_argument("paths", nargs="*", default=[str(Path(__file__).resolve().parents[3] / "shared" / "data" / "trajectories")])
+    ap.add_argument("paths", nargs="*", default=[str(bundled_trajectories())])
     ap.add_argument("--max-evals", type=int, default=60)
     ap.add_argument("--start", choices=["published", "seed", "fitted"], default="seed",
                     help="start from costmodel.SEED (default), costmodel.PUBLISHED, or refine costmodel.FITTED")

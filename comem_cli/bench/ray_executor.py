@@ -2,6 +2,8 @@
 
 A task runs one (arm, instance) in a scratch directory on its node and returns the run's files;
 the driver writes them into the same outputs as the thread executor, as results stream back.
+The runner hands in its `run_one` (and the class of its progress record), so this module does not
+import the runner back.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from comem_cli.errors import UserError
 from comem_cli.rollouts import atomic_write_text
 
 
-def _run_remote(plan, arm: str, instance: dict[str, Any]) -> dict[str, Any]:
+def _run_remote(plan, arm: str, instance: dict[str, Any], run_one: Callable, progress_type: type) -> dict[str, Any]:
     """Executed on a Ray worker: one run, in a scratch output dir, returned as files."""
-    from comem_cli.bench.runner import Progress, run_one
     from comem_cli.run import load_memory_backend
 
     with tempfile.TemporaryDirectory(prefix="comem-ray-") as scratch:
@@ -25,7 +26,7 @@ def _run_remote(plan, arm: str, instance: dict[str, Any]) -> dict[str, Any]:
         config.memory = config.memory.model_copy(update={"arm": arm})
         backend, owned = load_memory_backend(config)
         try:
-            run_one(local, arm, instance, backend, Progress(total=1))
+            run_one(local, arm, instance, backend, progress_type(total=1))
         finally:
             if owned:
                 backend.close()
@@ -33,7 +34,8 @@ def _run_remote(plan, arm: str, instance: dict[str, Any]) -> dict[str, Any]:
         return {"files": {p.name: p.read_text() for p in run_dir.iterdir() if p.is_file()}}
 
 
-def run_on_ray(plan, todo: list, complete: Callable, progress) -> None:
+def run_on_ray(plan, todo: list, complete: Callable, progress, run_one: Callable) -> None:
+    """Run `todo` as Ray tasks, each calling `run_one(plan, arm, instance, backend, progress)` on a worker."""
     try:
         import ray
     except ImportError:
@@ -44,7 +46,7 @@ def run_on_ray(plan, todo: list, complete: Callable, progress) -> None:
     except Exception as e:
         raise UserError(f"cannot connect to Ray at {plan.ray_address or 'a new local instance'}: {str(e).splitlines()[0][:160]}") from None
     remote = ray.remote(_run_remote)
-    pending = {remote.remote(plan, arm, inst): (arm, inst) for arm, inst in todo}
+    pending = {remote.remote(plan, arm, inst, run_one, type(progress)): (arm, inst) for arm, inst in todo}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         arm, inst = pending.pop(ready[0])

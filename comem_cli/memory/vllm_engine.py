@@ -40,7 +40,7 @@ __all__ = ["Cancelled", "VLLMBackend", "cuda_available"]
 _DEFAULT_CPU_KV_BYTES = 2 * 1024**3
 
 
-from comem_cli.memory.backends import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
+from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
 
 
 def cuda_available() -> bool:

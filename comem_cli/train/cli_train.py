@@ -1,4 +1,4 @@
-"""`comem train-memory`: recorded runs -> SPEC-4 samples -> (SFT warm-up) -> GRPO -> a checkpoint.
+"""`comem train-memory`: recorded runs -> samples (docs/design.md, section 6) -> (SFT warm-up) -> GRPO -> a checkpoint.
 
 The checkpoint (`OUTPUT/final`, a plain Hugging Face directory, LoRA merged) is what
 `--memory-model OUTPUT/final` loads in every memory backend.
@@ -12,11 +12,14 @@ from typing import Any
 from comem_cli.errors import UserError
 
 
-def load_samples(rollouts: list[Path], *, k: int, only_resolved: bool, max_history_tokens: int | None,
+def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, max_history_tokens: int | None,
                  max_per_trajectory: int | None, eval_fraction: float, seed: int, console):
+    """Samples from `rollouts` (files or folders); none given: the bundled sample of real runs."""
+    from comem_cli.resources import bundled_trajectories
     from comem_cli.train.samples import build_samples, split_by_task
     from comem_cli.trajectories import discover
 
+    rollouts = list(rollouts or []) or [bundled_trajectories()]
     trajectories, skipped = discover(rollouts)
     console.print(f"read {len(trajectories)} trajectories" + (f", skipped {len(skipped)}" if skipped else ""))
     for path, reason in skipped[:10]:

@@ -1,4 +1,4 @@
-"""GRPO on the memory model (SPEC 4), with trl's `GRPOTrainer`.
+"""GRPO on the memory model (docs/design.md, section 6), with trl's `GRPOTrainer`.
 
 One dataset row per sample: the prompt is the memory model's input (`samples.memory_input`, chat
 messages), plus the sample's index. For every prompt trl draws a group of G summaries
@@ -25,14 +25,13 @@ Layout of `output_dir`:
     checkpoints/        trl checkpoints every `save_every` steps and at the end (`checkpoint-N`),
                         `--resume` continues from the newest complete one
 
-`final/`, the report and the curve are replaced only at the very end of a successful run (written
-to temporary siblings, then renamed): a run that fails or is interrupted leaves the previous ones
-intact. Only `checkpoints/` may gain complete checkpoints of the failed run (to resume from).
+`final/`, the report and the curve are replaced only at the very end of a successful run (see
+common.py, shared with the SFT stage): a run that fails or is interrupted leaves the previous ones
+intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -43,142 +42,29 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from comem_cli.train.common import (
+    CHECKPOINTS,
+    FINAL,
+    chat_ids,
+    cleanup_tmp,
+    cuda_available,
+    eos_ids,
+    load_for_training,
+    lora_config,
+    prepare_output,
+    publish_final,
+    quiet_progress,
+    resume_checkpoint,
+    vllm_available,
+    write_json_atomic,
+)
 from comem_cli.train.samples import Sample, memory_input, policy_view
 
 __all__ = ["evaluate_reward", "evaluate_rewards", "generate_summaries", "train_grpo", "write_reward_curve"]
 
-CHECKPOINTS = "checkpoints"
-FINAL = "final"
 REPORT = "train_report.json"
 CURVE = "reward_curve.png"
 STATE = "comem_grpo.json"  # in checkpoints/: what a resumed run needs that trl does not keep
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers shared with sft.py
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-def load_for_training(base_model: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """(model, tokenizer) to train: float32 on CPU, bfloat16 on CUDA; left padding; a chat template required."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from comem_cli.errors import UserError
-
-    name = str(base_model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        dtype = torch.bfloat16 if cuda_available() and torch.cuda.is_bf16_supported() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load base model {name!r}: {first[:200]}") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"base model {name!r} has no chat template: the memory model is prompted with chat messages")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
-def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Prompt token ids through the chat template (transformers 5 returns a BatchEncoding)."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Put the complete directory `tmp` at `target`, replacing what was there (rename, never a half state)."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{int(time.time() * 1000)}"
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_final(model: Any, tokenizer: Any, output_dir: Path, *, merge_lora: bool) -> Path:
-    """Save model + tokenizer into a temporary sibling of output_dir/final (renamed later by `commit_final`)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FINAL}.tmp-", dir=output_dir))
-    if merge_lora and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model = getattr(model, "module", model)
-    model.config.use_cache = True
-    model.save_pretrained(tmp, safe_serialization=True)
-    padding = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(tmp)
-    tokenizer.padding_side = padding
-    return tmp
-
-
-@contextlib.contextmanager
-def quiet_progress(quiet: bool = True):
-    """Hide transformers' / datasets' own progress bars (loading, saving, tokenizing) while training:
-    the caller shows progress through `on_log`. Restores the previous settings."""
-    if not quiet:
-        yield
-        return
-    import datasets.utils.logging as dl
-    import transformers.utils.logging as tl
-
-    was = (tl.is_progress_bar_enabled(), dl.is_progress_bar_enabled())
-    tl.disable_progress_bar()
-    dl.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            tl.enable_progress_bar()
-        if was[1]:
-            dl.enable_progress_bar()
-
-
-def reload_final(path: Path, dtype: Any, cuda: bool) -> Any:
-    """The just-saved final checkpoint, loaded as every backend will load it (for the after-eval)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.to("cuda") if cuda else model
-
-
-def cleanup_tmp(output_dir: Path) -> None:
-    for tmp in output_dir.glob(f".{FINAL}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,17 +244,6 @@ def _step_record(logs: dict, step: int) -> dict | None:
     return {k: (float(v) if isinstance(v, (int, float)) and k != "step" else v) for k, v in record.items()}
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest `checkpoint-N` holding a trainer_state.json (a save cut short lacks it)."""
-    if not folder.is_dir():
-        return None
-    found = []
-    for p in folder.iterdir():
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name[11:].isdigit() and (p / "trainer_state.json").is_file():
-            found.append((int(p.name[11:]), p))
-    return max(found)[1] if found else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 
@@ -418,20 +293,86 @@ def train_grpo(
     what the pipeline sends; tests pass a shorter instruction to stay fast on CPU).
     Raises `PolicyError` (the policy failed) or `UserError` (bad input): `final/` is then untouched.
     """
-    args = dict(locals())
+    samples_train, samples_eval = list(samples_train), list(samples_eval)
+    total, micro = _check_inputs(samples_train, group_size, steps, prompts_per_step, micro_batch_size)
+    cuda = cuda_available()
+    use_vllm = _use_vllm(use_vllm, cuda)
     with quiet_progress(not progress_bar):
-        return _train_grpo(**args)
+        out = prepare_output(output_dir)
+        ckpt_dir = out / CHECKPOINTS
+        resume_from = resume_checkpoint(ckpt_dir, resume)
+        saved = json.loads((ckpt_dir / STATE).read_text()) if resume and (ckpt_dir / STATE).is_file() else {}
+        eval_set = _eval_subset(samples_eval, eval_max_samples, seed)
+        model, tokenizer = load_for_training(base_model)
+        if cuda:
+            model = model.to("cuda")
+        started = time.time()
+
+        def score(m: Any) -> float:
+            return evaluate_reward(m, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
+                                   batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn)
+
+        before = saved.get("eval_reward_before")
+        if before is None and eval_before and eval_set:
+            before = score(model)
+        if not resume and ckpt_dir.exists():
+            # A fresh run (model and policy are known to work by now): older checkpoints would mix with the new ones.
+            shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        config_record = {
+            "base_model": str(base_model), "policy": getattr(policy, "name", type(policy).__name__),
+            "group_size": group_size, "lr": lr, "kl": kl, "max_summary_tokens": max_summary_tokens, "steps": steps,
+            "lora": lora, "lora_r": lora_r if lora else None, "lora_alpha": lora_alpha if lora else None,
+            "seed": seed, "prompts_per_step": prompts_per_step, "temperature": temperature, "use_vllm": bool(use_vllm),
+            "train_samples": len(samples_train), "eval_samples": len(eval_set), "garbage_reward": garbage_reward,
+        }
+        write_json_atomic(ckpt_dir / STATE, {"eval_reward_before": before, "config": config_record})
+
+        scorer = _Scorer(policy, garbage_reward)
+        dataset = _dataset(samples_train, prompt_fn)
+        config = dict(
+            output_dir=str(ckpt_dir), max_steps=steps, learning_rate=lr, beta=kl, num_generations=group_size,
+            max_completion_length=max_summary_tokens, per_device_train_batch_size=micro,
+            gradient_accumulation_steps=total // micro, temperature=temperature, logging_steps=logging_steps,
+            save_steps=max(1, save_every), save_total_limit=keep_checkpoints, seed=seed, data_seed=seed,
+            disable_tqdm=not progress_bar,
+        )
+        if use_vllm:
+            config.update(_vllm_settings(model, tokenizer, dataset, max_summary_tokens, vllm_gpu_memory_utilization))
+        config.update(extra_config or {})
+        trainer = _trainer(model, tokenizer, dataset, _reward_function(scorer, samples_train), config,
+                           cuda=cuda, use_vllm=use_vllm, peft_config=lora_config(lora_r, lora_alpha) if lora else None,
+                           on_log=on_log)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+            def report(after: float | None) -> dict:
+                return {
+                    "stage": "grpo",
+                    "config": config_record,
+                    "eval_reward_before": before,
+                    "eval_reward_after": after,
+                    "steps_done": trainer.state.global_step,
+                    "train_seconds": round(time.time() - started, 1),
+                    "policy_calls": scorer.calls,
+                    "policy_overflows": scorer.overflows,
+                    "garbage_summaries": scorer.garbage,
+                    "final": str(out / FINAL),
+                    "checkpoints": str(ckpt_dir),
+                    "resumed_from": str(resume_from) if resume_from else None,
+                    "steps": _steps_log(trainer.state.log_history),
+                }
+
+            return publish_final(trainer.model, tokenizer, out, merge_lora=lora, dtype=model.dtype, cuda=cuda,
+                                 evaluate=score if eval_set else None, report=report, report_name=REPORT,
+                                 also_write=lambda r: write_reward_curve(r, out / CURVE))
+        finally:
+            cleanup_tmp(out)
 
 
-def _train_grpo(samples_train, samples_eval, *, base_model, policy, output_dir, group_size, lr, kl, max_summary_tokens,
-                steps, lora, lora_r, lora_alpha, save_every, keep_checkpoints, resume, seed, on_log, prompts_per_step,
-                micro_batch_size, temperature, garbage_reward, eval_before, eval_max_samples, eval_batch_size,
-                use_vllm, vllm_gpu_memory_utilization, logging_steps, progress_bar, extra_config, prompt_fn) -> dict:
-    import torch
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
+def _check_inputs(samples_train: list[Sample], group_size: int, steps: int, prompts_per_step: int,
+                  micro_batch_size: int | None) -> tuple[int, int]:
+    """(completions per optimizer step, completions per micro batch); UserError on bad input."""
     from comem_cli.errors import UserError
 
     if not samples_train:
@@ -440,57 +381,41 @@ def _train_grpo(samples_train, samples_eval, *, base_model, policy, output_dir, 
         raise UserError(f"--group-size must be at least 2 (GRPO compares summaries within a group), got {group_size}")
     if steps < 1:
         raise UserError(f"--steps must be positive, got {steps}")
-    samples_train, samples_eval = list(samples_train), list(samples_eval)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cleanup_tmp(out)
-    ckpt_dir = out / CHECKPOINTS
-    state_path = ckpt_dir / STATE
-    resume_from = None
-    saved_state: dict = {}
-    if resume:
-        resume_from = last_complete_checkpoint(ckpt_dir)
-        if resume_from is None:
-            raise UserError(f"--resume: no complete checkpoint under {ckpt_dir}")
-        if state_path.is_file():
-            saved_state = json.loads(state_path.read_text())
     total = group_size * prompts_per_step
     micro = micro_batch_size or total
     if total % micro:
         raise UserError(f"micro batch size {micro} must divide group size x prompts per step = {total}")
+    return total, micro
 
-    cuda = cuda_available()
-    if use_vllm is None:
-        use_vllm = cuda and vllm_available()
-    if use_vllm and not cuda:
+
+def _use_vllm(wanted: bool | None, cuda: bool) -> bool:
+    """Generate with vLLM: when asked, or (None) when CUDA and vllm are both there."""
+    if wanted is None:
+        return cuda and vllm_available()
+    if wanted and not cuda:
+        from comem_cli.errors import UserError
+
         raise UserError("vLLM generation needs a CUDA GPU")
+    return bool(wanted)
 
-    eval_set = samples_eval
-    if eval_max_samples is not None and len(eval_set) > eval_max_samples:
-        eval_set = random.Random(seed).sample(eval_set, eval_max_samples)
 
-    model, tokenizer = load_for_training(base_model)
-    if cuda:
-        model = model.to("cuda")
-    started = time.time()
-    before = saved_state.get("eval_reward_before")
-    if before is None and eval_before and eval_set:
-        before = evaluate_reward(model, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
-                                 batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn)
-    if not resume and ckpt_dir.exists():
-        # A fresh run (model and policy are known to work by now): older checkpoints would mix with the new ones.
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    config_record = {
-        "base_model": str(base_model), "policy": getattr(policy, "name", type(policy).__name__),
-        "group_size": group_size, "lr": lr, "kl": kl, "max_summary_tokens": max_summary_tokens, "steps": steps,
-        "lora": lora, "lora_r": lora_r if lora else None, "lora_alpha": lora_alpha if lora else None,
-        "seed": seed, "prompts_per_step": prompts_per_step, "temperature": temperature, "use_vllm": bool(use_vllm),
-        "train_samples": len(samples_train), "eval_samples": len(eval_set), "garbage_reward": garbage_reward,
-    }
-    write_atomic(state_path, json.dumps({"eval_reward_before": before, "config": config_record}, indent=2).encode())
+def _eval_subset(samples_eval: list[Sample], most: int | None, seed: int) -> list[Sample]:
+    """The held-out samples scored before and after training: at most `most`, drawn with `seed`."""
+    if most is not None and len(samples_eval) > most:
+        return random.Random(seed).sample(samples_eval, most)
+    return samples_eval
 
-    scorer = _Scorer(policy, garbage_reward)
+
+def _dataset(samples_train: list[Sample], prompt_fn: Callable[[Sample], list[dict[str, str]]]) -> Any:
+    """One row per sample: the memory model's prompt, and the sample's index (for the reward)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": prompt_fn(s), "sample_index": i} for i, s in enumerate(samples_train)])
+
+
+def _reward_function(scorer: _Scorer, samples_train: list[Sample]) -> Callable[..., list[float]]:
+    """trl's reward function: the summaries of a batch -> the policy's actions -> action rewards,
+    logging the policy calls, context overflows and garbage summaries of the batch."""
 
     def action_reward(prompts, completions, sample_index, log_metric=None, **_: Any) -> list[float]:
         overflows, garbage, calls = scorer.overflows, scorer.garbage, scorer.calls
@@ -502,52 +427,31 @@ def _train_grpo(samples_train, samples_eval, *, base_model, policy, output_dir, 
             log_metric("policy_calls", float(scorer.calls - calls))
         return rewards
 
-    dataset = Dataset.from_list([{"prompt": prompt_fn(s), "sample_index": i} for i, s in enumerate(samples_train)])
+    return action_reward
 
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    bf16 = bool(cuda and model.dtype == torch.bfloat16)
-    config_kwargs: dict[str, Any] = dict(
-        output_dir=str(ckpt_dir),
-        max_steps=steps,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        beta=kl,
-        num_generations=group_size,
-        max_completion_length=max_summary_tokens,
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=total // micro,
-        temperature=temperature,
-        logging_steps=logging_steps,
-        save_strategy="steps",
-        save_steps=max(1, save_every),
-        save_total_limit=keep_checkpoints,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        use_cpu=not cuda,
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=False,
-        disable_tqdm=not progress_bar,
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        use_vllm=bool(use_vllm),
-        log_completions=False,
+def _vllm_settings(model: Any, tokenizer: Any, dataset: Any, max_summary_tokens: int, memory_utilization: float) -> dict:
+    """Colocated vLLM generation, its KV cache sized for the longest prompt + summary (not the model's context)."""
+    longest = max(len(chat_ids(tokenizer, row["prompt"])) for row in dataset)
+    limit = getattr(model.config, "max_position_embeddings", None) or (longest + max_summary_tokens)
+    return dict(vllm_mode="colocate", vllm_gpu_memory_utilization=memory_utilization,
+                vllm_max_model_length=min(int(limit), longest + max_summary_tokens + 16))
+
+
+def _trainer(model: Any, tokenizer: Any, dataset: Any, reward: Callable, config: dict, *, cuda: bool, use_vllm: bool,
+             peft_config: Any, on_log: Callable[[dict], None] | None) -> Any:
+    """trl's GRPOTrainer with comem's fixed settings (constant lr, no warm-up, saves every save_steps,
+    no reports, CPU or CUDA) over `config`, reporting each logged step to `on_log`."""
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    settings = dict(
+        lr_scheduler_type="constant", warmup_steps=0, save_strategy="steps", report_to="none", use_cpu=not cuda,
+        bf16=bool(cuda and model.dtype == torch.bfloat16), fp16=False, gradient_checkpointing=False,
+        remove_unused_columns=False, dataloader_num_workers=0, use_vllm=bool(use_vllm), log_completions=False,
     )
-    if use_vllm:
-        # vLLM sizes its KV cache for the model's context unless told: the longest prompt + summary is enough
-        longest = max(len(chat_ids(tokenizer, row["prompt"])) for row in dataset)
-        limit = getattr(model.config, "max_position_embeddings", None) or (longest + max_summary_tokens)
-        config_kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-                             vllm_max_model_length=min(int(limit), longest + max_summary_tokens + 16))
-    config_kwargs.update(extra_config or {})
-    args = GRPOConfig(**config_kwargs)
+    settings.update(config)
 
     class _Log(TrainerCallback):
         def on_log(self, args_, state, control, logs=None, **kwargs):
@@ -555,45 +459,17 @@ def _train_grpo(samples_train, samples_eval, *, base_model, policy, output_dir, 
             if record is not None and on_log is not None:
                 on_log({**record, "max_steps": state.max_steps})
 
-    trainer = GRPOTrainer(model=model, reward_funcs=action_reward, args=args, train_dataset=dataset,
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=GRPOConfig(**settings), train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[_Log()])
     trainer.remove_callback(PrinterCallback)  # no raw log dicts on stdout: on_log is the live view
-    try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        trained = trainer.model
-        tmp_final = save_final(trained, tokenizer, out, merge_lora=lora)
-        try:
-            after = None
-            if eval_set:
-                final_model = reload_final(tmp_final, model.dtype, cuda)
-                after = evaluate_reward(final_model, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
-                                        batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn)
-            steps_log: dict[int, dict] = {}
-            for entry in trainer.state.log_history:  # restored from the checkpoint on --resume
-                record = _step_record(entry, int(entry.get("step", 0)))
-                if record is not None:
-                    steps_log[record["step"]] = record
-            report = {
-                "stage": "grpo",
-                "config": config_record,
-                "eval_reward_before": before,
-                "eval_reward_after": after,
-                "steps_done": trainer.state.global_step,
-                "train_seconds": round(time.time() - started, 1),
-                "policy_calls": scorer.calls,
-                "policy_overflows": scorer.overflows,
-                "garbage_summaries": scorer.garbage,
-                "final": str(out / FINAL),
-                "checkpoints": str(ckpt_dir),
-                "resumed_from": str(resume_from) if resume_from else None,
-                "steps": [steps_log[k] for k in sorted(steps_log)],
-            }
-            write_reward_curve(report, out / CURVE)
-            write_atomic(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-            replace_dir(tmp_final, out / FINAL)
-        except BaseException:
-            shutil.rmtree(tmp_final, ignore_errors=True)
-            raise
-    finally:
-        cleanup_tmp(out)
-    return report
+    return trainer
+
+
+def _steps_log(history: list[dict]) -> list[dict]:
+    """One record per logged step, from trl's log history (restored from the checkpoint on --resume)."""
+    steps: dict[int, dict] = {}
+    for entry in history:
+        record = _step_record(entry, int(entry.get("step", 0)))
+        if record is not None:
+            steps[record["step"]] = record
+    return [steps[k] for k in sorted(steps)]

@@ -1,4 +1,4 @@
-"""The GRPO reward (SPEC 4): how functionally equivalent a proposed bash action is to the recorded one.
+"""The GRPO reward (docs/design.md, section 6): how functionally equivalent a proposed bash action is to the recorded one.
 
 `action_reward(proposed, recorded)` is in [0, 1]. `proposed` is either a whole model reply, whose
 single ```bash block is taken with `comem_cli.agent.parse_action` (exactly the agent's rule, so a

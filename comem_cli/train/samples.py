@@ -1,4 +1,4 @@
-"""Training samples for the memory model (SPEC 4), built from recorded trajectories.
+"""Training samples for the memory model (docs/design.md, section 6), built from recorded trajectories.
 
 For a trajectory step `t` whose action parsed (steps with a format error are never targets) and
 each lag `j` in 1..k with `t - j >= 1` (at least one step to summarize):

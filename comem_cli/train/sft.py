@@ -1,4 +1,4 @@
-"""SFT warm-up of the memory model on teacher summaries (SPEC 4), with trl's `SFTTrainer`.
+"""SFT warm-up of the memory model on teacher summaries (docs/design.md, section 6), with trl's `SFTTrainer`.
 
 `teacher_summaries(samples, teacher_model)` asks a teacher (any litellm model) for the summary of
 each sample's memory input, i.e. exactly the messages the memory model is sent
@@ -10,7 +10,7 @@ base model on them in trl's conversational prompt-completion format (loss on the
 model actually wrote (meta.json keeps every finished job with its text and cut-off), paired with
 the exact input that job was sent.
 
-Output layout (same rules as grpo.py: replaced only at the end of a successful run):
+Output layout (same rules as grpo.py, see common.py: replaced only at the end of a successful run):
 
     final/              Hugging Face checkpoint (LoRA merged), tokenizer included
     sft_report.json     config, per-step loss, eval loss before / after when eval pairs are given
@@ -29,19 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from comem_cli.train.grpo import (
+from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
     chat_ids,
     cleanup_tmp,
     cuda_available,
-    last_complete_checkpoint,
     load_for_training,
+    lora_config,
+    prepare_output,
+    publish_final,
     quiet_progress,
-    reload_final,
-    replace_dir,
-    save_final,
-    write_atomic,
+    resume_checkpoint,
 )
 from comem_cli.train.policy import PolicyError
 from comem_cli.train.samples import Sample, memory_input
@@ -141,10 +140,7 @@ def completion_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair]) -> float:
     try:
         for messages, summary in pairs:
             prompt = chat_ids(tokenizer, list(messages))
-            full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": summary}], tokenize=True)
-            if hasattr(full, "keys") and "input_ids" in full:
-                full = full["input_ids"]
-            full = list(full)
+            full = chat_ids(tokenizer, [*messages, {"role": "assistant", "content": summary}], add_generation_prompt=False)
             if full[:len(prompt)] != prompt or len(full) <= len(prompt):
                 continue
             ids = torch.tensor([full], device=device)
@@ -186,12 +182,15 @@ def train_sft(
     would remove the summary, which comes last). Raises UserError on bad input; `final/` is only
     replaced when the run succeeds.
     """
-    args = dict(locals())
     with quiet_progress(not progress_bar):
-        return _train_sft(**args)
+        return _train_sft(pairs, base_model=base_model, output_dir=output_dir, lr=lr, steps=steps, lora=lora,
+                          peft_config=lora_config(lora_r, lora_alpha) if lora else None, batch_size=batch_size,
+                          grad_accum=grad_accum, max_length=max_length, save_every=save_every,
+                          keep_checkpoints=keep_checkpoints, resume=resume, seed=seed, eval_pairs=eval_pairs,
+                          on_log=on_log, progress_bar=progress_bar, extra_config=extra_config)
 
 
-def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_alpha, batch_size, grad_accum, max_length,
+def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, batch_size, grad_accum, max_length,
                save_every, keep_checkpoints, resume, seed, eval_pairs, on_log, progress_bar, extra_config) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
@@ -203,16 +202,10 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_a
         raise UserError("no SFT pairs (teacher summaries) to train on")
     if steps < 1:
         raise UserError(f"--steps must be positive, got {steps}")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cleanup_tmp(out)
+    out = prepare_output(output_dir)
     ckpt_dir = out / CHECKPOINTS
-    resume_from = None
-    if resume:
-        resume_from = last_complete_checkpoint(ckpt_dir)
-        if resume_from is None:
-            raise UserError(f"--resume: no complete checkpoint under {ckpt_dir}")
-    elif ckpt_dir.exists():
+    resume_from = resume_checkpoint(ckpt_dir, resume)
+    if not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -236,12 +229,6 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_a
     eval_pairs = list(eval_pairs)
     before = completion_loss(model, tokenizer, eval_pairs) if eval_pairs else None
 
-    peft_config = None
-    if lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
     import torch
 
     config_kwargs: dict[str, Any] = dict(
@@ -266,18 +253,9 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_a
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        tmp_final = save_final(trainer.model, tokenizer, out, merge_lora=lora)
-        try:
-            after = None
-            if eval_pairs:
-                after = completion_loss(reload_final(tmp_final, model.dtype, cuda), tokenizer, eval_pairs)
-            steps_log = {}
-            for entry in trainer.state.log_history:
-                if "loss" in entry and "step" in entry:
-                    steps_log[int(entry["step"])] = {"step": int(entry["step"]), "loss": float(entry["loss"]),
-                                                     "learning_rate": entry.get("learning_rate"),
-                                                     "grad_norm": entry.get("grad_norm")}
-            report = {
+
+        def report(after: float | None) -> dict:
+            return {
                 "stage": "sft",
                 "config": {"base_model": str(base_model), "lr": lr, "steps": steps, "lora": lora, "batch_size": batch_size,
                            "grad_accum": grad_accum, "max_length": max_length, "seed": seed},
@@ -286,13 +264,22 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, lora_r, lora_a
                 "steps_done": trainer.state.global_step, "train_seconds": round(time.time() - started, 1),
                 "final": str(out / FINAL), "checkpoints": str(ckpt_dir),
                 "resumed_from": str(resume_from) if resume_from else None,
-                "steps": [steps_log[k] for k in sorted(steps_log)],
+                "steps": _steps_log(trainer.state.log_history),
             }
-            write_atomic(out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-            replace_dir(tmp_final, out / FINAL)
-        except BaseException:
-            shutil.rmtree(tmp_final, ignore_errors=True)
-            raise
+
+        return publish_final(trainer.model, tokenizer, out, merge_lora=lora, dtype=model.dtype, cuda=cuda,
+                             evaluate=(lambda m: completion_loss(m, tokenizer, eval_pairs)) if eval_pairs else None,
+                             report=report, report_name=REPORT)
     finally:
         cleanup_tmp(out)
-    return report
+
+
+def _steps_log(history: list[dict]) -> list[dict]:
+    """One record per logged step (loss, learning rate, gradient norm), from trl's log history."""
+    steps = {}
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            steps[int(entry["step"])] = {"step": int(entry["step"]), "loss": float(entry["loss"]),
+                                         "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm")}
+    return [steps[k] for k in sorted(steps)]
+

@@ -1,0 +1,139 @@
+"""The package's layers point one way: no import cycles between comem_cli's modules, no product
+module importing comem_cli/testing/, and nothing in the repository reaching for files outside it.
+
+Imports are read from the source (every `import` statement, also those inside functions: a lazy
+import is still a dependency), so the check is exact and needs nothing installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "comem_cli"
+TESTING = "comem_cli.testing"
+
+
+def module_files() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """comem_cli modules that `name` imports anywhere in its source (a `from pkg import mod` counts mod)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    targets: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets += [base] + [f"{base}.{alias.name}" for alias in node.names]
+    found = set()
+    for target in targets:
+        while target and target not in modules:  # `from m import function`: the module m
+            target = target.rpartition(".")[0]
+        if target.startswith("comem_cli.") and target != name:
+            found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {name: imported(name, path, modules) for name, path in modules.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_checker_sees_lazy_imports_and_cycles():
+    graph = import_graph()
+    # run.py imports the memory factory inside a function; the factory imports the base module
+    assert "comem_cli.memory.backends" in graph["comem_cli.run"]
+    assert "comem_cli.memory.base" in graph["comem_cli.memory.backends"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_in_the_package():
+    assert cycles(import_graph()) == []
+
+
+def test_product_code_never_imports_the_testing_helpers():
+    graph = import_graph()
+    offenders = {name: sorted(d for d in deps if d == TESTING or d.startswith(TESTING + "."))
+                 for name, deps in graph.items() if not (name == TESTING or name.startswith(TESTING + "."))}
+    assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+def test_the_memory_factory_is_only_the_factory():
+    graph = import_graph()
+    for backend in ("hf", "vllm_engine", "openai_backend"):
+        assert "comem_cli.memory.backends" not in graph[f"comem_cli.memory.{backend}"], backend
+        assert "comem_cli.memory.base" in graph[f"comem_cli.memory.{backend}"], backend
+
+
+def test_nothing_in_the_repository_reaches_outside_it():
+    """Code, tests, README, Makefile and scripts name no folder beside the checkout."""
+    sibling = ".." + "/shared"  # spelled in two pieces so this file does not match itself
+    variable = "COMEM_" + "SHARED"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True)
+    files = ([REPO_ROOT / line for line in listed.stdout.splitlines()] if listed.returncode == 0
+             else [p for p in REPO_ROOT.rglob("*") if ".venv" not in p.parts and ".git" not in p.parts])
+    hits = []
+    for path in files:
+        if not path.is_file() or path.suffix in {".gz", ".png", ".whl"}:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        hits += [f"{path.relative_to(REPO_ROOT)}: {word}" for word in (sibling, variable) if word in text]
+    assert hits == []
