@@ -181,6 +181,7 @@ def train_memory(
     save_every: int = typer.Option(50, "--save-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
     max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) [default: the base model's context minus --max-summary-tokens]."),
     max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
     eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),

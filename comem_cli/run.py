@@ -127,11 +127,11 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     LitellmModel(config.model).preflight()
     require_image(docker_client(), config.sandbox.image)
     backend, own_backend = load_memory_backend(config, backend)
+    left_out = [] if include_untracked_secrets else repo.untracked_secrets()
+    files = tar_files(repo.path, sorted(set(repo.working_files()) - set(left_out)))
     run_dir = new_run_dir(output, issue)
     if on_start:
         on_start(run_dir, config.sandbox.image)
-    left_out = [] if include_untracked_secrets else repo.untracked_secrets()
-    files = tar_files(repo.path, sorted(set(repo.working_files()) - set(left_out)))
     try:
         result, meta = execute(issue.text, config, run_dir, prepare=lambda sandbox: sandbox.copy_repo(files),
                                backend=backend, on_step=on_step,
