@@ -38,12 +38,12 @@ def find_sources(path: Path) -> Sources:
         training = _json_object(path / "train_report.json")
     runs: dict[str, list[RunRecord]] = {}
     for traj in sorted(path.rglob("trajectory.jsonl")):
+        if (traj.parent / "meta.json").is_file():
+            _json_object(traj.parent / "meta.json")  # a corrupt meta.json: one line that names it
         try:
             run = read_run(traj.parent)
         except (ValueError, OSError) as e:
             raise UserError(f"cannot read run {traj.parent}: {' '.join(str(e).split())[:200]}") from None
-        if not isinstance(run.meta, dict):
-            raise UserError(f"cannot read run {traj.parent}: meta.json is not a JSON object")
         arm = run.meta.get("arm") or run.meta.get("config", {}).get("memory", {}).get("arm") or "run"
         runs.setdefault(arm, []).append(run)
     if not runs and training is None:
