@@ -21,7 +21,7 @@ from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
-from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
+from comem_cli.sandbox import Sandbox, docker_client, require_image, signals_deferred, tar_files
 from comem_cli.templates import render
 
 TRACEBACK = "traceback.txt"  # in the run dir, when a bug ended the run (status "error")
@@ -74,7 +74,6 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
     `prepare` puts the code into the sandbox (fix: copy the user's tree; bench: the instance image
     already has it). Returns the result and the meta dict (status final), which callers may extend.
     """
-    writer = RunWriter(run_dir)
     system = render("system.j2")
     issue_chars = len(task_text)
     task_text = cut_middle(task_text, config.agent.max_issue_chars)  # a 10 MB issue must not reach the model whole
@@ -83,8 +82,12 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
             "config": config.model_dump(), "prompts": {"system": system, "task": task}}
     if issue_chars > config.agent.max_issue_chars:
         meta["issue_cut"] = {"chars": issue_chars, "kept": config.agent.max_issue_chars}
-    writer.write_meta(meta)
+    with signals_deferred(reraise=False) as received:  # a signal now ends the run below, with meta.json final
+        writer = RunWriter(run_dir)
+        writer.write_meta(meta)
     try:
+        if received:
+            raise KeyboardInterrupt
         with Sandbox(config.sandbox, labels={"comem.run": run_dir.name, **(labels or {})}) as sandbox:
             if prepare:
                 prepare(sandbox)

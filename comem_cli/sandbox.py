@@ -106,19 +106,20 @@ def require_image(client: "docker.DockerClient", image: str) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def signals_deferred(reraise: bool = True) -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container behind.
+    The signals received are yielded; with `reraise` one of them ends the block as KeyboardInterrupt."""
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
     old = {s: signal.signal(s, lambda n, _f: received.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if received:
+        if received and reraise:
             raise KeyboardInterrupt
 
 
@@ -341,7 +342,7 @@ class Sandbox:
         """Remove the container; by name when a signal came before `containers.run` returned."""
         if self.container is None and not self.starting:
             return
-        with _signals_deferred():
+        with signals_deferred():
             if self.container is not None:
                 with contextlib.suppress(Exception):
                     self.container.remove(force=True)
