@@ -164,3 +164,24 @@ def test_untracked_secrets_are_left_out_unless_asked(include, words_repo, tmp_pa
         assert sorted(meta["left_out"]) == sorted(secrets)
         assert "left out" in r.stdout and "credentials.txt" in r.stdout
         assert "NOTES.md" in files  # other untracked files are still copied and committed
+
+
+# 6. A git that hangs: taking the patch is bounded (set-up timeout), then the fallback takes over.
+def test_a_hanging_git_does_not_hang_taking_the_patch(words_repo, docker_client):
+    import time
+
+    from comem_cli.config import SandboxConfig
+    from comem_cli.repo import UserRepo
+    from comem_cli.sandbox import Sandbox, tar_files
+
+    repo = UserRepo(words_repo)
+    with Sandbox(SandboxConfig(setup_timeout_s=3)) as sb:
+        sb.copy_repo(tar_files(repo.path, repo.working_files()))
+        r = sb.execute("sed -i 's/text.split(\" \")/text.split()/' words.py && "
+                       "printf '#!/bin/sh\\nsleep 1000\\n' > /usr/local/bin/git && chmod +x /usr/local/bin/git")
+        assert r.returncode == 0, r.output
+        start = time.time()
+        patch = sb.diff()
+        assert time.time() - start < 30
+        assert "+    return len(text.split())" in patch
+        assert "unusable" in sb.patch_notes[0]
