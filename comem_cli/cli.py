@@ -84,8 +84,12 @@ def fix(
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     def on_start(run_dir: Path, image_name: str) -> None:
-        console.print(f"[bold]comem fix[/bold] {the_issue.title[:70]!r} · model {config.model.name} · "
-                      f"memory {config.memory.arm} · sandbox {image_name}\n[dim]run dir {run_dir}[/dim]")
+        from rich.markup import escape
+
+        from comem_cli.ui import plain
+
+        console.print(f"[bold]comem fix[/bold] {escape(plain(repr(the_issue.title[:70])))} · model {escape(config.model.name)} · "
+                      f"memory {config.memory.arm} · sandbox {escape(image_name)}\n[dim]run dir {escape(str(run_dir))}[/dim]")
 
     outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
                       on_step=print_step, on_start=on_start, include_untracked_secrets=include_untracked_secrets)

@@ -105,10 +105,11 @@ def test_time_limit_is_honoured_during_a_hung_model_call(words_repo, tmp_path, d
 # 2. Model text with rich markup and terminal escapes is printed as text.
 def test_markup_and_escape_sequences_in_actions_are_printed_literally(words_repo, tmp_path, docker_client):
     script = ["THOUGHT: markup.\n\n```bash\necho '[/]' '[/INST]' '[bold red]x[/]' \x1b]0;pwned\x07 \x1b[2J\n```", SUBMIT_REPLY]
+    (words_repo / "ISSUE.md").write_text("# crash on [/INST] and [/] tokens\n\ncount_words miscounts.\n")
     with ScriptedServer(Script(script)) as server:
         r = fix(words_repo, server, tmp_path / "runs", "--no-apply")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "echo '[/]' '[/INST]' '[bold red]x[/]'" in r.stdout
+    assert "echo '[/]' '[/INST]' '[bold red]x[/]'" in r.stdout and "crash on [/INST] and [/] tokens" in r.stdout
     assert "\x1b]" not in r.stdout and "\x1b[2J" not in r.stdout and "\x07" not in r.stdout
     finished_run(tmp_path / "runs", docker_client)
 
@@ -135,3 +136,19 @@ def test_internal_error_names_a_traceback_file_of_its_own(words_repo, tmp_path, 
     assert r.stderr.startswith("comem: internal error:") and len(r.stderr.strip().splitlines()) == 1
     (log,) = list((cache / "comem" / "errors").iterdir())
     assert str(log) in r.stderr and "Traceback" in log.read_text()
+
+
+# 1. In `comem bench`, an instance whose model call fails ends as api_error and the benchmark goes on.
+def test_bench_goes_on_after_api_errors(tmp_path, docker_client):
+    from comem_cli.bench.evaluation import load_swe_mini
+
+    ids = ",".join(i["instance_id"] for i in load_swe_mini()[:2])
+    with ScriptedServer(Script([SUBMIT_REPLY]), fail_always=401, error_message="Invalid API key") as server:
+        r = run_cli("bench", "swe-mini", "-m", "openai/scripted", "--api-base", server.url, "--memory", "full",
+                    "--instances", ids, "--no-evaluate", "-o", str(tmp_path / "bench"), timeout=600)
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "bench").rglob("meta.json")]
+    assert len(metas) == 2 and {m["status"] for m in metas} == {"api_error"}
+    assert all("Invalid API key" in m["message"] for m in metas)
+    preds = json.loads(next((tmp_path / "bench").rglob("preds.json")).read_text())
+    assert sorted(preds) == sorted(ids.split(","))
