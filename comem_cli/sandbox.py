@@ -3,11 +3,8 @@
 The container gets a copy of the user's working tree at /testbed with a fresh one-commit history
 (no remotes, no future commits to peek at), no network unless asked, and CPU / memory / pids limits.
 Every command runs under coreutils `timeout`, so a hung command returns what it printed and the run
-goes on. The patch is `git diff` against the base commit, taken by comem, not by the model, with a
-bounded command, as bytes (files that are not UTF-8 text travel as git binary patches, so the patch
-text is lossless); if the container's git is unusable, comem computes the diff itself from the
-snapshot it copied in and the files now in the container (`patch_notes` says what happened).
-Command output is streamed, keeping its head and tail. Containers carry their owner's pid and host
+goes on. The patch is taken by comem, not by the model (`diff()`, see patch.py: bounded, byte for
+byte, computed from the files when the container's git is unusable). Command output is streamed, keeping its head and tail. Containers carry their owner's pid and host
 in labels, so `prune` removes only those of processes that are gone.
 """
 
@@ -16,12 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import signal
 import socket
-import subprocess
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
@@ -227,90 +221,14 @@ class Sandbox:
     def diff(self) -> str:
         """The patch: every change in the workdir against the base commit (new files included).
 
-        Bytes end to end: the returned text is the patch's bytes decoded with surrogateescape (write
-        it with `encode("utf-8", "surrogateescape")`); files that are not UTF-8 text are binary
-        patches, so the text is plain UTF-8. Binary or large files are listed (or left out, with
-        `large_files="refuse"`) in `patch_notes`.
+        Taken by comem_cli/patch.py: bounded commands, bytes end to end (the text is the patch's bytes
+        decoded with surrogateescape), a diff from the files when git is unusable; `patch_notes`
+        says what happened (fallback, binary or large files listed or left out).
         """
-        self.patch_notes = []
-        try:
-            return self._git_diff()
-        except EnvironmentFailure as e:
-            if self.snapshot is None:
-                raise
-            self.patch_notes.append(f"git in the sandbox is unusable ({str(e)[:160]}); patch computed by comem from the files")
-        return self._fallback_diff()
+        from comem_cli.patch import take_patch
 
-    def _git_diff(self) -> str:
-        wd, base = self.config.workdir, self.base_commit
-        self._run_checked(f"cd {wd} && {GIT} add -A")
-        entries = parse_listing(self._run_checked(LISTING.replace("WD", wd).replace("BASE", base), raw=True))
-        attributes, excluded = self._apply_policy(entries)
-        files = {"info/attributes": attributes}
-        if excluded:
-            files["comem-exclude"] = b"\0".join(p.encode("utf-8", "surrogateescape") for p in excluded)
-        if attributes or excluded:
-            self.container.put_archive(f"{wd}/.git", tar_bytes(files))
-        if excluded:
-            self._run_checked(f"cd {wd} && GIT_LITERAL_PATHSPECS=1 {GIT} reset -q {base} "
-                              "--pathspec-from-file=.git/comem-exclude --pathspec-file-nul")
-        out = self._run_checked(f"cd {wd} && {GIT} diff --cached --binary {base}", raw=True)
-        return out.decode("utf-8", errors="surrogateescape")
-
-    def _apply_policy(self, entries: list[tuple[str, int, str]]) -> tuple[bytes, list[str]]:
-        """(gitattributes marking non-UTF-8 text as binary, paths to leave out) for the changed files."""
-        attributes, excluded = b"", []
-        limit = self.config.max_file_bytes
-        for path, size, kind in entries:
-            if kind == "latin":
-                attributes += attribute_line(path)
-            if kind == "binary" or size > limit:
-                what = f"{'binary' if kind == 'binary' else 'large'} file, {size / 1e6:.1f} MB"
-                if self.config.large_files == "refuse":
-                    excluded.append(path)
-                    self.patch_notes.append(f"{path} ({what}) left out of the patch")
-                else:
-                    self.patch_notes.append(f"{path} ({what}) is in the patch")
-        return attributes, excluded
-
-    def _fallback_diff(self) -> str:
-        """Diff the snapshot against the files now in the container, with the host's git (no exec)."""
-        with tempfile.TemporaryDirectory(prefix="comem-diff-") as tmp:
-            work = Path(tmp) / "work"
-            work.mkdir()
-            _extract(io.BytesIO(self.snapshot), work)
-            host_git(work, "init", "-q")
-            (work / ".git" / "info").mkdir(exist_ok=True)
-            (work / ".git" / "info" / "exclude").write_text(JUNK)
-            host_git(work, "add", "-A")
-            host_git(work, "commit", "-q", "--allow-empty", "--no-verify", "-m", "snapshot")
-            for child in work.iterdir():
-                if child.name != ".git":
-                    subprocess.run(["rm", "-rf", str(child)], check=True)
-            archive = Path(tmp) / "current.tar"
-            try:
-                stream, _ = self.container.get_archive(self.config.workdir.rstrip("/") + "/.")
-                with open(archive, "wb") as f:
-                    for chunk in stream:
-                        f.write(chunk)
-            except Exception as e:
-                raise EnvironmentFailure(f"cannot read the files of the sandbox: {e}") from None
-            with open(archive, "rb") as f:
-                _extract(f, work, skip_git=True)
-            host_git(work, "add", "-A")
-            names = [n for n in host_git(work, "diff", "--cached", "--name-only", "-z", "HEAD").split(b"\0") if n]
-            entries = []
-            for raw in names:
-                path = raw.decode("utf-8", "surrogateescape")
-                new = work / path
-                data = new.read_bytes() if new.is_file() and not new.is_symlink() else b""
-                old = subprocess.run(["git", "cat-file", "blob", f"HEAD:{path}"], cwd=work, capture_output=True).stdout
-                entries.append((path, len(data), classify(data, old)))
-            attributes, excluded = self._apply_policy(entries)
-            (work / ".git" / "info" / "attributes").write_bytes(attributes)
-            for path in excluded:
-                host_git(work, "reset", "-q", "HEAD", "--", path, env={"GIT_LITERAL_PATHSPECS": "1"})
-            return host_git(work, "diff", "--cached", "--binary", "HEAD").decode("utf-8", "surrogateescape")
+        patch, self.patch_notes = take_patch(self)
+        return patch
 
     def _run_checked(self, command: str, raw: bool = False):
         """A set-up command, bounded in time; its stdout (stderr only goes into the error message)."""
@@ -382,93 +300,6 @@ def tar_files(root: Path, files: list[str]) -> bytes:
             else:
                 tar.addfile(info)
     return buf.getvalue()
-
-
-# Each changed file as "size kind path\0": kind binary (a NUL in its first 8000 bytes, as git sees it),
-# latin (text that is not UTF-8, old or new content: it must travel as a binary patch) or text.
-LISTING = r"""cd WD || exit 3
-utf8() { if command -v iconv >/dev/null; then iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1; else cat >/dev/null; fi; }
-git diff --cached --name-only -z BASE | while IFS= read -r -d '' f; do
-  size=0; kind=text
-  if [ -f "$f" ] && [ ! -L "$f" ]; then
-    size=$(stat -c %s -- "$f")
-    if [ "$(head -c 8000 -- "$f" | tr -d '\000' | wc -c)" != "$(head -c 8000 -- "$f" | wc -c)" ]; then kind=binary
-    elif ! utf8 < "$f"; then kind=latin; fi
-  fi
-  if [ "$kind" = text ] && git cat-file -e "BASE:$f" 2>/dev/null && ! git cat-file blob "BASE:$f" | utf8; then kind=latin; fi
-  printf '%s %s %s\0' "$size" "$kind" "$f"
-done
-test "${PIPESTATUS[0]}" = 0
-"""
-
-
-def parse_listing(out: bytes) -> list[tuple[str, int, str]]:
-    entries = []
-    for record in out.split(b"\0"):
-        parts = record.split(b" ", 2)
-        if len(parts) == 3 and parts[0].isdigit():
-            entries.append((parts[2].decode("utf-8", "surrogateescape"), int(parts[0]), parts[1].decode()))
-    return entries
-
-
-def classify(new: bytes, old: bytes) -> str:
-    """binary | latin | text, as the in-container listing decides it."""
-    if b"\0" in new[:8000]:
-        return "binary"
-    for data in (new, old):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return "latin"
-    return "text"
-
-
-def attribute_line(path: str) -> bytes:
-    """A .gitattributes line that makes exactly `path` binary for diff (a patch of it is lossless)."""
-    pattern = "/" + re.sub(r"([*?\[\\])", r"\\\1", path)
-    if re.search(r'[\s"]', pattern):
-        pattern = '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return pattern.encode("utf-8", "surrogateescape") + b" -diff\n"
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in sorted({os.path.dirname(n) for n in files} - {""}):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _extract(fileobj, dest: Path, skip_git: bool = False) -> None:
-    """Unpack a tar (docker's archive of the workdir is rooted at '.') without leaving `dest`."""
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-        for member in tar:
-            name = member.name
-            while name.startswith("./"):
-                name = name[2:]
-            if not name or name == ".":
-                continue
-            if skip_git and (name == ".git" or name.startswith(".git/")):
-                continue
-            member.name = name
-            with contextlib.suppress(tarfile.TarError, OSError):  # e.g. a link leading out: not a file of the tree
-                tar.extract(member, dest, filter="tar")
-
-
-def host_git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> bytes:
-    full_env = {**os.environ, "GIT_AUTHOR_NAME": "comem", "GIT_AUTHOR_EMAIL": "comem@localhost",
-                "GIT_COMMITTER_NAME": "comem", "GIT_COMMITTER_EMAIL": "comem@localhost", **(env or {})}
-    r = subprocess.run(["git", "-c", "core.fileMode=false", "-c", "commit.gpgsign=false", *args], cwd=cwd,
-                       capture_output=True, env=full_env, timeout=300)
-    if r.returncode != 0:
-        raise EnvironmentFailure(f"git {args[0]} failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
-    return r.stdout
 
 
 def prune(client: "docker.DockerClient | None" = None, *, everything: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from comem_cli.testing.scripted_server import SUBMIT_REPLY, Script, ScriptedServer
-from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
+from tests.conftest import FIX_SCRIPT, comem_containers, run_cli
 
 pytestmark = pytest.mark.docker
 

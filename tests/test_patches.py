@@ -4,7 +4,6 @@ warnings, a broken git in the sandbox, size bounds, secret-looking untracked fil
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from comem_cli.testing.scripted_server import SUBMIT_REPLY, Script, ScriptedServer
-from tests.conftest import FIX_SCRIPT, comem_containers, git
+from tests.conftest import git
 from tests.test_faults import finished_run, fix
 
 pytestmark = pytest.mark.docker
