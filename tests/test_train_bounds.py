@@ -59,3 +59,18 @@ def test_max_prompt_tokens_flag_and_dry_run(tmp_path):
     assert "prompts bounded to 2,000 tokens" in r.stdout
     r = run_cli("train-memory", "--rollouts", str(rollouts), "--dry-run", "--max-prompt-tokens", "10")
     assert r.returncode == 2 and "--max-prompt-tokens" in r.stderr
+
+
+def test_train_memory_on_real_trajectories_with_default_bounds(tiny_lm, tmp_path):
+    """The recorded mini-swe-agent runs, no history cap: the tiny model's context bounds every prompt."""
+    from tests.conftest import SHARED
+
+    rollouts = SHARED / "data" / "trajectories" / "mini-swe-agent"
+    if not rollouts.is_dir():
+        pytest.skip(f"shared trajectories not found at {rollouts}")
+    out = tmp_path / "memory-model"
+    r = run_cli("train-memory", "--rollouts", str(rollouts), "--base-model", str(tiny_lm), "--policy-model", str(tiny_lm),
+                "--steps", "1", "--group-size", "2", "--max-summary-tokens", "16", "--max-history-tokens", "1000000",
+                "--max-per-trajectory", "2", "--eval-fraction", "0", "--threads", "1", "--output", str(out), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "prompts bounded to 4,064 tokens" in r.stdout and (out / "final" / "config.json").is_file()
