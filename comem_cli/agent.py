@@ -28,7 +28,7 @@ _BASH_BLOCK = re.compile(r"```bash[ \t]*\n(.*?)\n?```", re.DOTALL)
 class Model(Protocol):
     cost: float
 
-    def query(self, messages: list[dict[str, str]]) -> Any: ...  # -> models.ModelReply
+    def query(self, messages: list[dict[str, str]], deadline: float | None = None) -> Any: ...  # -> models.ModelReply
 
 
 class Environment(Protocol):
@@ -55,6 +55,8 @@ class RunResult:
     steps: list[StepRecord] = field(default_factory=list)
     wall_s: float = 0.0
     memory: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = None  # set when a bug (not a RunEnded) ended the run: status "error"
+    patch_notes: list[str] = field(default_factory=list)  # how the patch was taken (fallback, large files)
 
     @property
     def cost(self) -> float:
@@ -119,12 +121,18 @@ class Agent:
             result.status, result.message = e.status, str(e)
         except KeyboardInterrupt:
             result.status, result.message = Interrupted.status, "interrupted by signal"
+        except Exception as e:  # a bug: the run still ends with a final status, patch and trajectory
+            import traceback
+
+            result.status, result.message = "error", f"internal error: {type(e).__name__}: {e}"[:300]
+            result.traceback = traceback.format_exc()
         finally:
             result.memory = self.context.close()
             try:
                 result.patch = self.env.diff()
             except Exception as e:  # the sandbox may be gone; the trajectory still stands
                 result.message = (result.message + f"; patch not taken: {e}").strip("; ")
+            result.patch_notes = list(getattr(self.env, "patch_notes", None) or [])
             result.steps = self.steps
             result.wall_s = time.time() - self.started
         return result
@@ -140,10 +148,14 @@ class Agent:
         if time.time() - self.started >= c.time_limit_s:
             raise TimeLimit(f"ran {c.time_limit_s:.0f} s")
 
+    @property
+    def deadline(self) -> float:
+        return self.started + self.config.time_limit_s
+
     def step(self) -> None:
         self.check_limits()
         view, events = self.context.prepare(self.steps)
-        reply = self.model.query(view.messages)
+        reply = self.model.query(view.messages, deadline=self.deadline)
         record = StepRecord(
             step=len(self.steps),
             view=ViewInfo(summary_cutoff=view.summary_cutoff, raw_start=view.raw_start, raw_end=view.raw_end,
@@ -169,11 +181,14 @@ class Agent:
         if run_it and self.confirm is not None:  # `fix --confirm`: run, edit, reply instead, or quit
             run_it = self.confirm(record)  # records the decision; may edit the action or set the observation
         if run_it:
-            result = self.env.execute(record.action, timeout=self.command_timeout)
+            # A command never outlives the run's time limit (the next check ends the run).
+            timeout = max(1, min(self.command_timeout, int(self.deadline - time.time()) + 1))
+            result = self.env.execute(record.action, timeout=timeout)
             record.command = Span(start=result.start, end=result.end)
-            record.returncode, record.timed_out, record.output_chars = result.returncode, result.timed_out, len(result.output)
+            record.returncode, record.timed_out = result.returncode, result.timed_out
+            record.output_chars = getattr(result, "output_bytes", 0) or len(result.output)
             record.observation = render("observation.j2", returncode=result.returncode, timed_out=result.timed_out,
-                                        timeout=self.command_timeout,
+                                        timeout=timeout,
                                         output=cut_middle(result.output, self.config.max_observation_chars))
             submitted = result.output.lstrip().splitlines()[:1] == [SUBMIT_MARKER]
         self.steps.append(record)

@@ -60,6 +60,8 @@ def fix(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted or killed run from its run dir (model, API base and limits may be given anew)."),
     pr: bool = typer.Option(False, "--pr", help="Push the branch and open a pull request (GitHub REST API, GITHUB_TOKEN)."),
     remote: str = typer.Option("origin", "--remote", help="With --pr: the git remote to push the branch to."),
+    include_untracked_secrets: bool = typer.Option(False, "--include-untracked-secrets", help="Also copy untracked files that look like secrets (.env*, *.pem, id_rsa*, *credentials*, ...); left out by default."),
+    large_files: str = typer.Option("warn", "--large-files", help="Binary or large (> 1 MB) files in the patch: warn (keep and list them) | refuse (leave them out)."),
 ):
     """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
     from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
@@ -72,9 +74,11 @@ def fix(
         raise UserError(f"--memory must be one of full, mask, sync, comem (got {memory!r})")
     if memory_backend not in ("auto", "vllm", "openai", "transformers"):
         raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
+    if large_files not in ("warn", "refuse"):
+        raise UserError(f"--large-files must be warn or refuse (got {large_files!r})")
     config = RunConfig(
         model=ModelConfig(name=model or DEFAULT_MODEL, api_base=api_base),
-        sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout),
+        sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout, large_files=large_files),
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
         memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
@@ -110,8 +114,12 @@ def fix(
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     def on_start(run_dir: Path, image_name: str) -> None:
-        console.print(f"[bold]comem fix[/bold] {the_issue.title[:70]!r} · model {config.model.name} · "
-                      f"memory {config.memory.arm} · sandbox {image_name}\n[dim]run dir {run_dir}[/dim]")
+        from rich.markup import escape
+
+        from comem_cli.ui import plain
+
+        console.print(f"[bold]comem fix[/bold] {escape(plain(repr(the_issue.title[:70])))} · model {escape(config.model.name)} · "
+                      f"memory {config.memory.arm} · sandbox {escape(image_name)}\n[dim]run dir {escape(str(run_dir))}[/dim]")
 
     if recorded is not None:
         from comem_cli.resume import resume as run_resume
@@ -122,7 +130,8 @@ def fix(
                              warn=lambda text: err_console.print(text, style="yellow", markup=False, soft_wrap=True))
     else:
         outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
-                          on_step=print_step, on_start=on_start, confirm=confirmer)
+                          on_step=print_step, on_start=on_start, confirm=confirmer,
+                          include_untracked_secrets=include_untracked_secrets)
     console.print(run_table(outcome))
     if pr_target is not None and outcome.branch:
         from comem_cli.pullrequest import open_pull_request
@@ -131,6 +140,8 @@ def fix(
         console.print(f"pull request: {url}", markup=False, soft_wrap=True)
     elif pr_target is not None:
         err_console.print("no pull request: the run made no branch (empty patch or the patch did not apply)", markup=False, soft_wrap=True)
+    if outcome.apply_error:  # the agent may have submitted, but there is no fix on a branch: not a success
+        raise typer.Exit(1)
     raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
 
 
@@ -220,6 +231,7 @@ def train_memory(
     save_every: int = typer.Option(50, "--save-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
     max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) [default: the base model's context minus --max-summary-tokens]."),
     max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
     eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9),
     seed: int = typer.Option(0, "--seed"),
@@ -248,13 +260,18 @@ def sandbox_build(force: bool = typer.Option(False, "--force", help="Rebuild eve
 
 
 @sandbox_app.command("prune")
-def sandbox_prune():
-    """Remove leftover comem containers (found by their label)."""
+def sandbox_prune(
+    all_: bool = typer.Option(False, "--all", help="Remove every comem container, also those of runs still going (or started on another host)."),
+):
+    """Remove leftover comem containers: those whose owning comem process is gone (pid and host are
+    recorded in the container's labels). Containers of live runs are kept unless --all."""
     from comem_cli.sandbox import prune
     from comem_cli.ui import console
 
-    removed = prune()
+    removed, kept = prune(everything=all_)
     console.print(f"removed {len(removed)} container(s)" + (": " + ", ".join(removed) if removed else ""))
+    if kept:
+        console.print(f"kept {len(kept)} container(s) of live runs (or of another host; --all removes them): {', '.join(kept)}")
 
 
 @app.command()
@@ -279,13 +296,26 @@ def main() -> None:
         print("comem: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug: one line for the user, the traceback in a file for the report
-        import tempfile
-        import traceback
-
-        log = Path(tempfile.gettempdir()) / "comem-last-error.log"
-        log.write_text(traceback.format_exc())
-        print(f"comem: internal error: {type(e).__name__}: {e} (traceback in {log})", file=sys.stderr)
+        log = _write_traceback()
+        where = f"traceback in {log}" if log else "no traceback file could be written"
+        first = " ".join(str(e).split())[:300]
+        print(f"comem: internal error: {type(e).__name__}: {first} ({where})", file=sys.stderr)
         sys.exit(1)
+
+
+def _write_traceback() -> Path | None:
+    """The current exception's traceback in a per-user cache file of its own (never a shared /tmp path)."""
+    import time
+    import traceback
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "comem" / "errors"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        log = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        log.write_text(traceback.format_exc())
+        return log
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

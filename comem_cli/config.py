@@ -39,6 +39,10 @@ class SandboxConfig(BaseModel):
     command_timeout_s: int = 120
     workdir: str = "/testbed"
     env: dict[str, str] = Field(default_factory=dict)
+    max_output_bytes: int = Field(8_000_000, ge=1024)  # a command's output keeps this much: head + tail
+    setup_timeout_s: int = 120  # set-up commands and taking the patch (git) never run longer
+    large_files: Literal["warn", "refuse"] = "warn"  # binary or large files in the patch: listed, or left out
+    max_file_bytes: int = Field(1_000_000, ge=1)  # "large" above this
 
 
 class AgentConfig(BaseModel):
@@ -49,6 +53,7 @@ class AgentConfig(BaseModel):
     time_limit_s: float = 3600.0
     max_format_errors: int = 3  # in a row
     max_observation_chars: int = 10_000
+    max_issue_chars: int = Field(100_000, ge=1000)  # a longer issue text is cut head + tail before the model sees it
 
 
 class MemoryConfig(BaseModel):

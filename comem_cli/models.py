@@ -1,29 +1,16 @@
-"""The main model, reached through litellm: retries with backoff, cost, and errors mapped to exit statuses.
-
-litellm is imported on first use (it takes seconds), with the bundled price map so that nothing is
-fetched at import time. Prices of unknown models count as zero instead of crashing the run.
-"""
+"""The main model, reached through litellm (comem_cli/llm.py): retries with backoff, cost, and
+errors mapped to exit statuses (api_error, context_overflow, time_limit)."""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from comem_cli.caching import cache_saving, cached_tokens, mark_cache_control
+from comem_cli.caching import cache_saving, mark_cache_control
 from comem_cli.config import ModelConfig
-from comem_cli.errors import ApiError, ContextOverflow, UserError
-
-
-def import_litellm():
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    os.environ.setdefault("LITELLM_LOG", "ERROR")
-    import litellm
-
-    litellm.suppress_debug_info = True
-    litellm.drop_params = True  # providers that reject e.g. temperature still work
-    return litellm
+from comem_cli.errors import ApiError, ContextOverflow, TimeLimit, UserError
+from comem_cli.llm import CallDeadline, CallFailed, CallOverflow, import_litellm, short  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -38,14 +25,6 @@ class ModelReply:
     cache_saved: float = 0.0  # dollars those cached tokens saved (caching.cache_saving)
 
 
-def short(err: BaseException, limit: int = 200) -> str:
-    """The provider's message on one line, without litellm's prefixes and stack noise."""
-    text = " ".join(str(getattr(err, "message", None) or err).split())
-    for prefix in ("litellm.", "OpenAIException - ", "AnthropicException - "):
-        text = text.replace(prefix, "")
-    return text[:limit]
-
-
 class LitellmModel:
     """Any litellm model name: `openai/gpt-5`, `anthropic/claude-...`, `openai/<name>` + api_base..."""
 
@@ -54,18 +33,17 @@ class LitellmModel:
         self.cost = 0.0
         self.calls = 0
 
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.config.name, "temperature": self.config.temperature,
-                                  "max_tokens": self.config.max_tokens, "timeout": self.config.timeout_s}
-        if self.config.api_base:
-            kwargs["api_base"] = self.config.api_base
-            # OpenAI-compatible local servers rarely check keys, but the client insists on one.
-            if self.config.name.startswith(("openai/", "hosted_vllm/")) and not os.environ.get("OPENAI_API_KEY"):
-                kwargs["api_key"] = "none"
-        return kwargs
+    def _call(self, messages: list[dict[str, str]], *, max_tokens: int, retries: int, deadline: float | None):
+        from comem_cli.llm import complete
+
+        c = self.config
+        return complete(mark_cache_control(messages, c.name), model=c.name, api_base=c.api_base, max_tokens=max_tokens, temperature=c.temperature,
+                        timeout_s=c.timeout_s, retries=retries, backoff_s=c.backoff_s, deadline=deadline)
 
     def preflight(self) -> None:
         """Fail fast (UserError) on an unknown provider or a missing API key, before any container starts."""
+        import os
+
         litellm = import_litellm()
         try:
             _, provider, _, _ = litellm.get_llm_provider(self.config.name, api_base=self.config.api_base)
@@ -85,52 +63,24 @@ class LitellmModel:
         real call (SPEC 3.5, the swap cost). Never raises: a failed pre-warm only costs a cache miss."""
         start = time.time()
         try:
-            response = import_litellm().completion(messages=mark_cache_control(messages, self.config.name),
-                                                   **{**self._kwargs(), "max_tokens": 1}, num_retries=0)
-        except Exception as e:
-            return {"ok": False, "start": start, "end": time.time(), "error": short(e)}
-        usage = getattr(response, "usage", None)
-        return {"ok": True, "start": start, "end": time.time(), "prompt_tokens": getattr(usage, "prompt_tokens", None), "error": None}
+            reply = self._call(messages, max_tokens=1, retries=0, deadline=None)
+        except CallFailed as e:
+            return {"ok": False, "start": start, "end": time.time(), "error": str(e)[:200]}
+        return {"ok": True, "start": start, "end": time.time(), "prompt_tokens": reply.prompt_tokens, "error": None}
 
-    def query(self, messages: list[dict[str, str]]) -> ModelReply:
-        litellm = import_litellm()
-        transient = (litellm.RateLimitError, litellm.APIConnectionError, litellm.Timeout,
-                     litellm.InternalServerError, litellm.ServiceUnavailableError)
-        attempt = 0
-        while True:
-            start = time.time()
-            try:
-                response = litellm.completion(messages=mark_cache_control(messages, self.config.name), **self._kwargs())
-                break
-            except litellm.ContextWindowExceededError as e:
-                raise ContextOverflow(short(e)) from None
-            except transient as e:
-                if attempt >= self.config.retries:
-                    raise ApiError(f"{type(e).__name__}: {short(e)} (after {attempt + 1} attempts)") from None
-                time.sleep(self.config.backoff_s * 2**attempt)
-                attempt += 1
-            except (litellm.AuthenticationError, litellm.NotFoundError, litellm.BadRequestError,
-                    litellm.PermissionDeniedError, litellm.APIError) as e:
-                if "context" in str(e).lower() and ("length" in str(e).lower() or "window" in str(e).lower()):
-                    raise ContextOverflow(short(e)) from None
-                raise ApiError(f"{type(e).__name__}: {short(e)}") from None
-        end = time.time()
-        content = response.choices[0].message.content or ""
-        usage = getattr(response, "usage", None)
+    def query(self, messages: list[dict[str, str]], deadline: float | None = None) -> ModelReply:
+        """One reply. Each try waits at most the configured timeout and never past `deadline`."""
         try:
-            cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-        except Exception:
-            cost = 0.0  # unknown price: tolerated, counted as free
-        self.cost += cost
+            reply = self._call(messages, max_tokens=self.config.max_tokens, retries=self.config.retries, deadline=deadline)
+        except CallOverflow as e:
+            raise ContextOverflow(str(e)) from None
+        except CallDeadline as e:
+            raise TimeLimit(f"time limit reached during a model call: {e}") from None
+        except CallFailed as e:
+            raise ApiError(str(e)) from None
+        self.cost += reply.cost
         self.calls += 1
-        cached = cached_tokens(usage)
-        return ModelReply(
-            content=content,
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-            cost=cost,
-            start=start,
-            end=end,
-            cached_tokens=cached,
-            cache_saved=cache_saving(litellm, self.config.name, cached),
-        )
+        return ModelReply(content=reply.content, prompt_tokens=reply.prompt_tokens,
+                          completion_tokens=reply.completion_tokens, cost=reply.cost, start=reply.start, end=reply.end,
+                          cached_tokens=reply.cached_tokens,
+                          cache_saved=cache_saving(import_litellm(), self.config.name, reply.cached_tokens))

@@ -125,12 +125,18 @@ class ScriptedServer:
 
     def __init__(self, responder: Responder, *, port: int = 0, latency_s: float = 0.0,
                  latency_per_token_s: float = 0.0, fail_first: list[int] | None = None,
-                 hang_first: int = 0, hang_s: float = 30.0, max_context: int | None = None):
+                 hang_first: int = 0, hang_s: float = 30.0, max_context: int | None = None,
+                 fail_always: int | None = None, error_message: str | None = None, hang_always: bool = False,
+                 garbage_first: int = 0):
         self.responder = responder
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
         self.fail_first = list(fail_first or [])  # HTTP status codes returned by the first calls
         self.hang_first, self.hang_s = hang_first, hang_s  # the first N calls sleep hang_s before answering
         self.max_context = max_context
+        # Fault modes for every call: an HTTP status (400/401/404/500...) with `error_message` as the
+        # provider's message, a hang (hang_s per call), or a 200 whose body is not JSON (garbage_first calls).
+        self.fail_always, self.error_message = fail_always, error_message
+        self.hang_always, self.garbage_first = hang_always, garbage_first
         self.requests: list[dict[str, Any]] = []  # every request body received, in order
         self.dead = False  # after kill(): kept-alive connections are dropped without an answer
         self.previous_messages: list[dict[str, Any]] = []  # the last chat request (automatic prefix cache)
@@ -210,10 +216,20 @@ class ScriptedServer:
                     status = server.fail_first.pop(0) if server.fail_first else None
                     cached = cached_prefix_tokens(body.get("messages", []), server.previous_messages)
                     server.previous_messages = body.get("messages", [])
-                if index < server.hang_first:
+                if index < server.hang_first or server.hang_always:
                     time.sleep(server.hang_s)
+                status = status or server.fail_always
                 if status:
-                    return self._send(status, {"error": {"message": f"scripted failure {status}", "type": "server_error"}})
+                    message = server.error_message or f"scripted failure {status}"
+                    return self._send(status, {"error": {"message": message, "type": "server_error"}})
+                if index < server.garbage_first:
+                    data = b"<html>\x1b]0;owned\x07 this is not JSON</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 tokens = prompt_tokens(body)
                 if server.max_context and tokens > server.max_context:
                     return self._send(400, {"error": {

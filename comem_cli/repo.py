@@ -9,12 +9,25 @@ through a temporary index file (GIT_INDEX_FILE), `git apply --cached`, `commit-t
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import tempfile
 from pathlib import Path
 
 from comem_cli.errors import UserError
+
+# Untracked files with these names (matched on the file name) stay out of the sandbox and the
+# snapshot commit unless --include-untracked-secrets: keys, credentials, environment files.
+SECRET_PATTERNS = (".env", ".env.*", "*.env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx",
+                   "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*credentials*", "*.secret", "*secrets.*",
+                   ".netrc", ".pgpass", ".npmrc", ".pypirc", ".git-credentials", ".htpasswd", "*.tfvars",
+                   "*.tfstate", "service-account*.json")
+
+
+def looks_secret(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_PATTERNS)
 
 
 class UserRepo:
@@ -41,6 +54,11 @@ class UserRepo:
         out = self.git.ls_files("-z", "--cached", "--others", "--exclude-standard")
         return sorted({f for f in out.split("\0") if f})
 
+    def untracked_secrets(self) -> list[str]:
+        """Untracked, non-ignored files whose names look like secrets (see SECRET_PATTERNS)."""
+        out = self.git.ls_files("-z", "--others", "--exclude-standard")
+        return sorted(f for f in out.split("\0") if f and looks_secret(f))
+
     def origin_url(self) -> str | None:
         try:
             return self.git_repo.remotes.origin.url
@@ -66,11 +84,14 @@ class UserRepo:
             env |= {"GIT_COMMITTER_NAME": "comem", "GIT_COMMITTER_EMAIL": "comem@localhost"}
         return env
 
-    def commit_patch(self, branch: str, patch: str, message: str, *, force: bool = False) -> str:
+    def commit_patch(self, branch: str, patch: str, message: str, *, force: bool = False,
+                     exclude: list[str] | None = None) -> str:
         """Create `branch` = HEAD (+ a snapshot commit of uncommitted changes, if any) + the patch.
 
         The snapshot commit exists because the sandbox saw the working tree, not HEAD: the patch
-        applies to what the agent saw. Returns the new branch's commit sha.
+        applies to what the agent saw (files in `exclude`, never copied in, are not in it either).
+        The patch text is written back as the bytes it was decoded from (surrogateescape). Returns the
+        new branch's commit sha.
         """
         import git
 
@@ -81,12 +102,16 @@ class UserRepo:
             g = self.git
             g.read_tree(self.head, env=env)
             g.add("-A", env=env)
+            for start in range(0, len(exclude or []), 100):
+                g.rm("--cached", "-q", "--ignore-unmatch", "--", *exclude[start:start + 100],
+                     env={**env, "GIT_LITERAL_PATHSPECS": "1"})
             snapshot_tree = g.write_tree(env=env)
             parent = self.head
             if snapshot_tree != self.git_repo.head.commit.tree.hexsha:
                 parent = g.commit_tree(snapshot_tree, "-p", parent, "-m", "comem: uncommitted changes the fix was made on", env=env)
             patch_file = os.path.join(tmp, "patch.diff")
-            Path(patch_file).write_text(patch if patch.endswith("\n") else patch + "\n")
+            data = patch.encode("utf-8", "surrogateescape")
+            Path(patch_file).write_bytes(data if data.endswith(b"\n") else data + b"\n")
             try:
                 g.apply("--cached", "--binary", "--whitespace=nowarn", patch_file, env=env)
             except git.GitCommandError as e:

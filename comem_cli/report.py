@@ -35,15 +35,30 @@ def find_sources(path: Path) -> Sources:
         raise UserError(f"{path} is not a directory (give a run dir, a bench output dir or a training output dir)")
     training = None
     if (path / "train_report.json").is_file():
-        training = json.loads((path / "train_report.json").read_text())
+        training = _json_object(path / "train_report.json")
     runs: dict[str, list[RunRecord]] = {}
     for traj in sorted(path.rglob("trajectory.jsonl")):
-        run = read_run(traj.parent)
+        if (traj.parent / "meta.json").is_file():
+            _json_object(traj.parent / "meta.json")  # a corrupt meta.json: one line that names it
+        try:
+            run = read_run(traj.parent)
+        except (ValueError, OSError) as e:
+            raise UserError(f"cannot read run {traj.parent}: {' '.join(str(e).split())[:200]}") from None
         arm = run.meta.get("arm") or run.meta.get("config", {}).get("memory", {}).get("arm") or "run"
         runs.setdefault(arm, []).append(run)
     if not runs and training is None:
         raise UserError(f"{path} holds no comem run (trajectory.jsonl) and no train_report.json")
     return Sources(runs=runs, training=training, title=path.name)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object")
+    return data
 
 
 def _esc(text: Any) -> str:

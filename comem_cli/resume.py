@@ -282,5 +282,5 @@ def resume(recorded: Recorded, config, repo, issue, *, branch: str | None = None
     finally:
         if own_backend:
             backend.close()
-    outcome = FixOutcome(result=result, run_dir=recorded.run_dir)
+    outcome = FixOutcome(result=result, run_dir=recorded.run_dir, left_out=list(new_meta.get("left_out") or []))
     return commit_fix(repo, issue, outcome, new_meta, branch=branch or "", apply=apply, force=force)

@@ -101,12 +101,16 @@ class StepRecord(BaseModel):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see either the old or the new content, never half of it."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,7 +140,8 @@ class RunWriter:
         atomic_write_json(self.run_dir / META, meta)
 
     def write_patch(self, patch: str) -> None:
-        atomic_write_text(self.run_dir / PATCH, patch)
+        """The patch's bytes exactly (the text is decoded with surrogateescape: see Sandbox.diff)."""
+        atomic_write_bytes(self.run_dir / PATCH, patch.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
         self._file.close()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from comem_cli import __version__
-from comem_cli.agent import Agent, RunResult
+from comem_cli.agent import Agent, RunResult, cut_middle
 from comem_cli.config import RunConfig
 from comem_cli.errors import EnvironmentFailure, UserError
 from comem_cli.issues import Issue
@@ -22,9 +22,11 @@ from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
-from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
+from comem_cli.sandbox import Sandbox, docker_client, require_image, signals_deferred, tar_files
 from comem_cli.snapshot import save_snapshot
 from comem_cli.templates import render
+
+TRACEBACK = "traceback.txt"  # in the run dir, when a bug ended the run (status "error")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class FixOutcome:
     branch: str | None = None
     commit: str | None = None
     apply_error: str | None = None
+    left_out: list[str] = field(default_factory=list)  # untracked secret-looking files not copied in
 
 
 def default_branch(issue: Issue) -> str:
@@ -76,13 +79,20 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
     `confirm` asks the user before each command (confirm.Confirmer); `restore` puts a resumed run's
     recorded steps and summaries into the agent before it continues (resume.py).
     """
-    writer = RunWriter(run_dir)
     system = render("system.j2")
+    issue_chars = len(task_text)
+    task_text = cut_middle(task_text, config.agent.max_issue_chars)  # a 10 MB issue must not reach the model whole
     task = render("instance.j2", issue=task_text, workdir=config.sandbox.workdir, timeout=config.sandbox.command_timeout_s)
     meta = {"comem_version": __version__, "status": "running", "started": time.time(), **(meta or {}),
             "config": config.model_dump(), "prompts": {"system": system, "task": task}}
-    writer.write_meta(meta)
+    if issue_chars > config.agent.max_issue_chars:
+        meta["issue_cut"] = {"chars": issue_chars, "kept": config.agent.max_issue_chars}
+    with signals_deferred(reraise=False) as received:  # a signal now ends the run below, with meta.json final
+        writer = RunWriter(run_dir)
+        writer.write_meta(meta)
     try:
+        if received:
+            raise KeyboardInterrupt
         with Sandbox(config.sandbox, labels={"comem.run": run_dir.name, **(labels or {})}) as sandbox:
             if prepare:
                 prepare(sandbox)
@@ -97,18 +107,27 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
         result = RunResult(status=e.status, message=str(e))
     except KeyboardInterrupt:  # a signal while the container was starting or being removed
         result = RunResult(status="interrupted", message="interrupted by signal")
+    except Exception as e:  # a bug outside the agent loop (set-up, sandbox): still a final status
+        import traceback
+
+        result = RunResult(status="error", message=f"internal error: {type(e).__name__}: {e}"[:300],
+                           traceback=traceback.format_exc())
     finally:
         writer.close()
+    if result.traceback:
+        (run_dir / TRACEBACK).write_text(result.traceback)
+        result.message += f" (traceback in {run_dir / TRACEBACK})"
     writer.write_patch(result.patch)
     meta.update(status=result.status, message=result.message, ended=time.time(), totals=totals(result),
-                memory_jobs=result.memory.get("jobs", []))
+                memory_jobs=result.memory.get("jobs", []), patch_notes=result.patch_notes)
     writer.write_meta(meta)
     return result, meta
 
 
 def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
         apply: bool = True, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
-        on_start: Callable[[Path, str], None] | None = None, backend=None, confirm=None) -> FixOutcome:
+        on_start: Callable[[Path, str], None] | None = None, backend=None, confirm=None,
+        include_untracked_secrets: bool = False) -> FixOutcome:
     """Run the agent on `issue` in a sandbox holding `repo`'s working tree; commit the patch on a branch."""
     branch = branch or default_branch(issue)
     if apply:
@@ -118,21 +137,24 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     LitellmModel(config.model).preflight()
     require_image(docker_client(), config.sandbox.image)
     backend, own_backend = load_memory_backend(config, backend)
+    left_out = [] if include_untracked_secrets else repo.untracked_secrets()
+    files = tar_files(repo.path, sorted(set(repo.working_files()) - set(left_out)))
     run_dir = new_run_dir(output, issue)
     if on_start:
         on_start(run_dir, config.sandbox.image)
-    files = tar_files(repo.path, repo.working_files())
     save_snapshot(run_dir, files)  # what `fix --resume` starts again from
     try:
         result, meta = execute(issue.text, config, run_dir, prepare=lambda sandbox: sandbox.copy_repo(files),
                                backend=backend, on_step=on_step, confirm=confirm,
                                meta={"repo": str(repo.path), "head": repo.head, "pid": os.getpid(), "branch_requested": branch,
+                                     "left_out": left_out,
                                      "issue": {"title": issue.title, "number": issue.number, "url": issue.url, "text": issue.text}})
     finally:
         if own_backend:
             backend.close()
 
-    return commit_fix(repo, issue, FixOutcome(result=result, run_dir=run_dir), meta, branch=branch, apply=apply, force=force)
+    outcome = FixOutcome(result=result, run_dir=run_dir, left_out=left_out)
+    return commit_fix(repo, issue, outcome, meta, branch=branch, apply=apply, force=force)
 
 
 def commit_fix(repo: UserRepo | None, issue: Issue, outcome: FixOutcome, meta: dict[str, Any], *, branch: str,
@@ -143,7 +165,7 @@ def commit_fix(repo: UserRepo | None, issue: Issue, outcome: FixOutcome, meta: d
         message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
         message += f"\n\nExit status: {result.status}. Run: {run_dir}"
         try:
-            outcome.commit = repo.commit_patch(branch, result.patch, message, force=force)
+            outcome.commit = repo.commit_patch(branch, result.patch, message, force=force, exclude=outcome.left_out)
             outcome.branch = branch
         except UserError as e:  # e.g. the user's tree moved on meanwhile; patch.diff is kept
             outcome.apply_error = str(e)

@@ -3,14 +3,18 @@
 The container gets a copy of the user's working tree at /testbed with a fresh one-commit history
 (no remotes, no future commits to peek at), no network unless asked, and CPU / memory / pids limits.
 Every command runs under coreutils `timeout`, so a hung command returns what it printed and the run
-goes on. The patch is `git diff` against the base commit, taken by comem, not by the model.
+goes on. The patch is taken by comem, not by the model (`diff()`, see patch.py: bounded, byte for
+byte, computed from the files when the container's git is unusable). Command output is streamed, keeping its head and tail. Containers carry their owner's pid and host
+in labels, so `prune` removes only those of processes that are gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import signal
+import socket
 import tarfile
 import threading
 import time
@@ -20,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from comem_cli.config import SandboxConfig
-from comem_cli.errors import UserError
+from comem_cli.errors import EnvironmentFailure, UserError
 
 if TYPE_CHECKING:
     import docker
 
 LABEL = "comem.sandbox"
+OWNER_PID, OWNER_HOST, OWNER_START = "comem.pid", "comem.host", "comem.pid_start"
 JUNK = "__pycache__/\n*.pyc\n.pytest_cache/\n*.egg-info/\n.mypy_cache/\n"
 GIT = "git -c user.name=comem -c user.email=comem@localhost -c core.fileMode=false -c commit.gpgsign=false"
 
@@ -37,6 +42,35 @@ class ExecResult:
     timed_out: bool
     start: float
     end: float
+    output_bytes: int = 0  # the whole output's size; only head + tail are kept beyond the limit
+
+
+def process_start(pid: int) -> str:
+    """The start time of process `pid` (Linux /proc), to tell a live owner from a reused pid; '' if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_labels() -> dict[str, str]:
+    return {OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname(), OWNER_START: process_start(os.getpid())}
+
+
+def owner_alive(labels: dict[str, str]) -> bool | None:
+    """Whether the process that started a container still runs: None when this host cannot tell."""
+    pid, host = labels.get(OWNER_PID), labels.get(OWNER_HOST)
+    if not pid or not pid.isdigit() or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = labels.get(OWNER_START)
+    return not (started and process_start(int(pid)) not in ("", started))
 
 
 def docker_client(timeout: int = 600) -> "docker.DockerClient":
@@ -66,19 +100,20 @@ def require_image(client: "docker.DockerClient", image: str) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def signals_deferred(reraise: bool = True) -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container behind.
+    The signals received are yielded; with `reraise` one of them ends the block as KeyboardInterrupt."""
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
     old = {s: signal.signal(s, lambda n, _f: received.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if received:
+        if received and reraise:
             raise KeyboardInterrupt
 
 
@@ -88,10 +123,13 @@ class Sandbox:
     def __init__(self, config: SandboxConfig, *, name: str | None = None, labels: dict[str, str] | None = None):
         self.config = config
         self.name = name or f"comem-{uuid.uuid4().hex[:10]}"
-        self.labels = {LABEL: "1", **(labels or {})}
+        self.labels = {LABEL: "1", **owner_labels(), **(labels or {})}
         self.client = docker_client(timeout=config.command_timeout_s + 120)
         self.container = None
+        self.starting = False  # a create request was sent: the container may exist before `container` is set
         self.base_commit: str | None = None
+        self.snapshot: bytes | None = None  # the tar copied in (fix): what the fallback diff compares with
+        self.patch_notes: list[str] = []  # what happened while taking the patch (fallback, large files)
 
     def __enter__(self) -> "Sandbox":
         try:
@@ -107,6 +145,7 @@ class Sandbox:
     def start(self) -> None:
         require_image(self.client, self.config.image)
         c = self.config
+        self.starting = True
         self.container = self.client.containers.run(
             c.image,
             command=["sleep", "infinity"],
@@ -128,6 +167,7 @@ class Sandbox:
     def copy_repo(self, archive: bytes) -> str:
         """Unpack a tar of the user's files into the workdir and commit it as the only commit."""
         wd = self.config.workdir
+        self.snapshot = archive
         self._run_checked(f"rm -rf {wd} && mkdir -p {wd}")
         self.container.put_archive(wd, archive)
         self._run_checked(
@@ -145,44 +185,102 @@ class Sandbox:
         return self.base_commit
 
     def execute(self, command: str, timeout: int | None = None, cwd: str | None = None) -> ExecResult:
-        """Run one bash command in the container; output is stdout and stderr interleaved."""
+        """Run one bash command in the container; output is stdout and stderr interleaved, streamed,
+        and beyond `max_output_bytes` only its head and tail are kept (with a note of what was elided)."""
         timeout = timeout or self.config.command_timeout_s
         argv = ["timeout", "--kill-after=5", str(timeout), "bash", "-c", command]
+        half = self.config.max_output_bytes // 2
+        head, tail, total = bytearray(), bytearray(), 0
         start = time.time()
         try:
-            rc, out = self.container.exec_run(argv, workdir=cwd or self.config.workdir, demux=False)
+            api = self.client.api
+            exec_id = api.exec_create(self.container.id, argv, workdir=cwd or self.config.workdir)["Id"]
+            for chunk in api.exec_start(exec_id, stream=True, demux=False):
+                total += len(chunk)
+                if len(head) < half:
+                    take = chunk[: half - len(head)]
+                    head += take
+                    chunk = chunk[len(take):]
+                if chunk:
+                    tail += chunk
+                    if len(tail) > half:
+                        del tail[: len(tail) - half]
+            rc = api.exec_inspect(exec_id).get("ExitCode")
         except Exception as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            from comem_cli.errors import EnvironmentFailure
-
             raise EnvironmentFailure(f"docker exec failed: {e}") from e
         end = time.time()
-        text = (out or b"").decode("utf-8", errors="replace")
+        rc = -1 if rc is None else rc
+        text = head.decode("utf-8", errors="replace")
+        elided = total - len(head) - len(tail)
+        if elided > 0:
+            text += f"\n[... {elided} bytes of output elided ...]\n"
+        text += tail.decode("utf-8", errors="replace")
         timed_out = rc in (124, 137) and end - start >= timeout - 0.5
-        return ExecResult(output=text, returncode=rc, timed_out=timed_out, start=start, end=end)
+        return ExecResult(output=text, returncode=rc, timed_out=timed_out, start=start, end=end, output_bytes=total)
 
     def diff(self) -> str:
-        """The patch: every change in the workdir against the base commit (new files included)."""
-        wd = self.config.workdir
-        return self._run_checked(f"cd {wd} && {GIT} add -A && {GIT} diff --cached --binary {self.base_commit}")
+        """The patch: every change in the workdir against the base commit (new files included).
 
-    def _run_checked(self, command: str) -> str:
-        rc, out = self.container.exec_run(["bash", "-c", command], demux=False)
-        text = (out or b"").decode("utf-8", errors="replace")
+        Taken by comem_cli/patch.py: bounded commands, bytes end to end (the text is the patch's bytes
+        decoded with surrogateescape), a diff from the files when git is unusable; `patch_notes`
+        says what happened (fallback, binary or large files listed or left out).
+        """
+        from comem_cli.patch import take_patch
+
+        patch, self.patch_notes = take_patch(self)
+        return patch
+
+    def _run_checked(self, command: str, raw: bool = False):
+        """A set-up command, bounded in time; its stdout (stderr only goes into the error message)."""
+        timeout = self.config.setup_timeout_s
+        argv = ["timeout", "--kill-after=5", str(timeout), "bash", "-c", command]
+        box: dict = {}
+
+        def run() -> None:
+            try:
+                box["result"] = self.container.exec_run(argv, demux=True)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = e
+
+        worker = threading.Thread(target=run, daemon=True, name="comem-setup-exec")
+        worker.start()
+        worker.join(timeout + 15)  # a backstop for a container whose `timeout` does not work
+        if worker.is_alive():
+            raise EnvironmentFailure(f"sandbox command did not finish in {timeout} s")
+        if "error" in box:
+            raise EnvironmentFailure(f"docker exec failed: {box['error']}")
+        rc, (out, err) = box["result"]
+        out, err = out or b"", err or b""
         if rc != 0:
-            from comem_cli.errors import EnvironmentFailure
-
-            raise EnvironmentFailure(f"sandbox setup command failed ({rc}): {text.strip()[-300:]}")
-        return text
+            detail = (err or out).decode("utf-8", errors="replace").strip()[-300:]
+            raise EnvironmentFailure(f"sandbox setup command failed ({rc}): {detail}")
+        return out if raw else out.decode("utf-8", errors="replace")
 
     def close(self) -> None:
-        if self.container is None:
+        """Remove the container; by name when a signal came before `containers.run` returned."""
+        if self.container is None and not self.starting:
             return
-        with _signals_deferred():
-            with contextlib.suppress(Exception):
-                self.container.remove(force=True)
+        with signals_deferred():
+            if self.container is not None:
+                with contextlib.suppress(Exception):
+                    self.container.remove(force=True)
+            else:
+                self._remove_by_name()
             self.container = None
+            self.starting = False
+
+    def _remove_by_name(self, tries: int = 6) -> None:
+        """The create request may still be in the daemon's hands: look for the name a few times."""
+        import docker
+
+        for _ in range(tries):
+            try:
+                self.client.containers.get(self.name).remove(force=True)
+                return
+            except docker.errors.NotFound:
+                time.sleep(0.25)
+            except Exception:
+                return
 
 
 def tar_files(root: Path, files: list[str]) -> bytes:
@@ -204,12 +302,17 @@ def tar_files(root: Path, files: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def prune(client: "docker.DockerClient | None" = None) -> list[str]:
-    """Remove every container carrying comem's label (leftovers of killed runs). Returns their names."""
+def prune(client: "docker.DockerClient | None" = None, *, everything: bool = False,
+          labels: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Remove comem containers whose owning process is gone (leftovers of killed runs); with
+    `everything`, all of them. Returns (removed names, kept names: owner alive or not known here)."""
     client = client or docker_client()
-    removed = []
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
+    removed, kept = [], []
+    for c in client.containers.list(all=True, filters={"label": [LABEL, *(labels or [])]}):
+        if not everything and owner_alive(c.labels or {}) is not False:
+            kept.append(c.name)
+            continue
         with contextlib.suppress(Exception):
             c.remove(force=True)
             removed.append(c.name)
-    return removed
+    return removed, kept

@@ -53,9 +53,12 @@ def test_container_removed_on_exception_and_prune(docker_client):
             name = sb.name
             raise RuntimeError("boom")
     assert name and comem_containers(docker_client, "test-exc") == []
-    # A leftover (as from a SIGKILLed run) is found by its label and pruned.
+    # A leftover of this (live) process is kept by prune; forced, it is removed.
     leftover = Sandbox(SandboxConfig(), labels={"comem.run": "test-leftover"})
     leftover.start()
     assert len(comem_containers(docker_client, "test-leftover")) == 1
-    assert leftover.name in prune()
+    removed, kept = prune(labels=["comem.run=test-leftover"])
+    assert removed == [] and leftover.name in kept
+    removed, _ = prune(everything=True, labels=["comem.run=test-leftover"])
+    assert removed == [leftover.name]
     assert comem_containers(docker_client, "test-leftover") == []

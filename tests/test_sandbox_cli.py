@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from comem_cli.config import SandboxConfig
-from comem_cli.sandbox import Sandbox
 from tests.conftest import comem_containers, run_cli
+from tests.test_containers import leftover_of_a_killed_process
 
 pytestmark = pytest.mark.docker
 
@@ -18,9 +17,8 @@ def test_build_is_idempotent_and_prune_removes_leftovers(docker_client):
     assert "images ready" in r.stderr and "built" not in r.stderr  # cached: nothing rebuilt
     assert docker_client.images.get("comem-sandbox:latest").id == before
 
-    leftover = Sandbox(SandboxConfig(), labels={"comem.run": "test-cli-prune"})
-    leftover.start()  # as if its process had been SIGKILLed
+    name = leftover_of_a_killed_process("test-cli-prune")  # its process was SIGKILLed
     assert comem_containers(docker_client, "test-cli-prune")
     r = run_cli("sandbox", "prune")
-    assert r.returncode == 0 and leftover.name in r.stdout
+    assert r.returncode == 0 and name in r.stdout
     assert comem_containers(docker_client, "test-cli-prune") == []

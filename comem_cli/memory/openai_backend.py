@@ -20,17 +20,15 @@ class OpenAIBackend:
         self._lock = threading.Lock()
 
     def summarize(self, messages, *, max_tokens, request_id):
-        from comem_cli.models import import_litellm
+        from comem_cli.llm import complete
 
         if request_id in self._cancelled:
             raise Cancelled(request_id)
-        litellm = import_litellm()
-        kwargs = {"api_base": self.api_base, "api_key": "none"} if self.api_base else {}
-        response = litellm.completion(model=self.model, messages=messages, max_tokens=max_tokens,
-                                      temperature=self.temperature, timeout=self.timeout_s, num_retries=0, **kwargs)
+        reply = complete(messages, model=self.model, api_base=self.api_base, max_tokens=max_tokens,
+                         temperature=self.temperature, timeout_s=self.timeout_s, retries=0)
         if request_id in self._cancelled:  # the answer came too late to be wanted
             raise Cancelled(request_id)
-        return response.choices[0].message.content or ""
+        return reply.content
 
     def cancel(self, request_id):
         with self._lock:

@@ -12,8 +12,33 @@ from typing import Any
 from comem_cli.errors import UserError
 
 
+def prompt_bound(base_model: str | None, max_prompt_tokens: int | None, max_summary_tokens: int):
+    """(most prompt tokens, token counter): --max-prompt-tokens, else the base model's context minus
+    the summary's length; the base model's tokenizer counts when it loads, else ~4 characters a token."""
+    from comem_cli.views import estimate_tokens
+
+    context, count = None, estimate_tokens
+    if base_model:
+        try:
+            from transformers import AutoConfig, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(base_model)
+            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+            config = AutoConfig.from_pretrained(base_model)
+            context = getattr(config, "max_position_embeddings", None) or getattr(config, "max_seq_len", None)
+        except Exception:  # not loadable here (e.g. a hub id offline): the estimate and the flag only
+            pass
+    if max_prompt_tokens is None and context:
+        max_prompt_tokens = int(context) - max_summary_tokens - 16
+        if max_prompt_tokens < 64:
+            raise UserError(f"--max-summary-tokens {max_summary_tokens} leaves no room for a prompt in "
+                            f"{base_model}'s context of {context} tokens")
+    return max_prompt_tokens, count
+
+
 def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, max_history_tokens: int | None,
-                 max_per_trajectory: int | None, eval_fraction: float, seed: int, console):
+                 max_per_trajectory: int | None, eval_fraction: float, seed: int, console,
+                 max_prompt_tokens: int | None = None, count_tokens=None):
     """Samples from `rollouts` (files or folders); none given: the bundled sample of real runs."""
     from comem_cli.resources import bundled_trajectories
     from comem_cli.train.samples import build_samples, split_by_task
@@ -29,8 +54,13 @@ def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, ma
     if only_resolved:
         trajectories = [t for t in trajectories if t.resolved]
         console.print(f"{len(trajectories)} of them resolved their task (--only-resolved)")
+    cuts: dict[str, int] = {}
+    extra = {"count_tokens": count_tokens} if count_tokens else {}
     samples = build_samples(trajectories, k, max_history_tokens=max_history_tokens, seed=seed,
-                            max_per_trajectory=max_per_trajectory)
+                            max_per_trajectory=max_per_trajectory, max_prompt_tokens=max_prompt_tokens, report=cuts, **extra)
+    if max_prompt_tokens is not None:
+        console.print(f"prompts bounded to {max_prompt_tokens:,} tokens: {cuts['task_cut']} samples with the task cut, "
+                      f"{cuts['history_capped']} with old steps dropped, {cuts['too_long']} left out (too long)")
     if not samples:
         raise UserError("no usable training samples in " + ", ".join(map(str, rollouts))
                         + (" (--only-resolved left none)" if only_resolved else ""))
@@ -57,6 +87,7 @@ def stats_table(samples, train, evaluation):
         v = stats[key]
         table.add_row(key.replace("_", " "), ", ".join(f"{name} {value:,.0f}" for name, value in v.items()))
     table.add_row("history capped", str(stats["history_capped"]))
+    table.add_row("task cut", str(stats.get("task_cut", 0)))
     table.add_row("target programs", ", ".join(f"{p} {n}" for p, n in stats["target_programs"].items()))
     return table
 
@@ -69,9 +100,11 @@ def train_memory_command(o: dict[str, Any]) -> int:
 
     if o["stage"] not in (None, "sft", "grpo"):
         raise UserError(f"--stage must be sft or grpo (got {o['stage']!r})")
+    max_prompt_tokens, count_tokens = prompt_bound(o["base_model"], o.get("max_prompt_tokens"), o["max_summary_tokens"])
     samples, train, evaluation, train_trajectories = load_samples(
         o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
-        max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"], console=console)
+        max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"], console=console,
+        max_prompt_tokens=max_prompt_tokens, count_tokens=count_tokens)
     console.print(stats_table(samples, train, evaluation))
     if o["dry_run"]:
         return 0

@@ -113,49 +113,21 @@ class LitellmPolicy(_Sequential):
         self.cost = 0.0
         self._lock = threading.Lock()
 
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.name, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                                  "timeout": self.timeout_s, "num_retries": 0, "max_retries": 0}
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
-            if self.name.startswith(("openai/", "hosted_vllm/")) and not os.environ.get("OPENAI_API_KEY"):
-                kwargs["api_key"] = "none"  # local OpenAI-compatible servers rarely check keys
-        return kwargs
-
     def propose(self, messages: Messages) -> str:
-        import time
+        from comem_cli.llm import CallFailed, CallOverflow, complete
 
-        from comem_cli.models import import_litellm, short
-
-        litellm = import_litellm()
-        transient = (litellm.RateLimitError, litellm.APIConnectionError, litellm.Timeout,
-                     litellm.InternalServerError, litellm.ServiceUnavailableError)
-        attempt = 0
-        while True:
-            try:
-                response = litellm.completion(messages=messages, **self._kwargs())
-                break
-            except litellm.ContextWindowExceededError as e:
-                raise PolicyContextOverflow(f"policy model {self.name}: context overflow: {short(e)}") from None
-            except transient as e:
-                if attempt >= self.retries:
-                    raise PolicyError(f"policy model {self.name} failed: {type(e).__name__}: {short(e)} "
-                                      f"(after {attempt + 1} attempts)") from None
-                time.sleep(self.backoff_s * 2**attempt)
-                attempt += 1
-            except Exception as e:
-                text = str(e).lower()
-                if "context" in text and ("length" in text or "window" in text):
-                    raise PolicyContextOverflow(f"policy model {self.name}: context overflow: {short(e)}") from None
-                raise PolicyError(f"policy model {self.name} failed: {type(e).__name__}: {short(e)}") from None
         try:
-            cost = float(litellm.completion_cost(completion_response=response) or 0.0)
-        except Exception:
-            cost = 0.0
+            reply = complete(messages, model=self.name, api_base=self.api_base, max_tokens=self.max_tokens,
+                             temperature=self.temperature, timeout_s=self.timeout_s, retries=self.retries,
+                             backoff_s=self.backoff_s)
+        except CallOverflow as e:
+            raise PolicyContextOverflow(f"policy model {self.name}: context overflow: {e}") from None
+        except CallFailed as e:
+            raise PolicyError(f"policy model {self.name} failed: {e}") from None
         with self._lock:
             self.calls += 1
-            self.cost += cost
-        return response.choices[0].message.content or ""
+            self.cost += reply.cost
+        return reply.content
 
     def propose_many(self, views: Sequence[Messages], *, skip_overflow: bool = False) -> list[str | None]:
         if len(views) <= 1 or self.workers == 1:

@@ -12,7 +12,10 @@ so a trajectory with actions at steps T contributes sum over t in T of min(k, t 
 
 `max_history_tokens` caps the memory model's input: the OLDEST history steps are dropped until the
 serialized history fits (~4 characters per token; at least one step is kept), and the sample
-records `history_capped` and `history_start`.
+records `history_capped` and `history_start`. `max_prompt_tokens` bounds the whole prompt
+(instruction + task + history; the model's context minus the summary's length): a task too long
+for half of it is cut head + tail (`task_cut`), old steps are dropped as above, and a sample whose
+newest history step alone does not fit is left out; `report` counts all three.
 
 `memory_input` is what the memory model reads (the instruction of prompts/memory_instruction.j2
 first, then the task, then one THOUGHT / ACTION / OBSERVATION block per step, long observations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from pydantic import BaseModel
 
@@ -50,6 +53,7 @@ class Sample(BaseModel):
     history_start: int = 0
     history_capped: bool = False
     history_tokens: int = 0  # estimated tokens of the serialized history
+    task_cut: bool = False  # the task was cut head + tail to fit max_prompt_tokens
     resolved: bool | None = None  # whether the trajectory's run resolved its task, when known
 
     @property
@@ -89,16 +93,26 @@ def build_samples(
     seed: int = 0,
     max_observation_chars: int = MAX_OBSERVATION_CHARS,
     max_per_trajectory: int | None = None,
+    max_prompt_tokens: int | None = None,
+    count_tokens: Callable[[str], int] = estimate_tokens,
+    report: dict[str, int] | None = None,
 ) -> list[Sample]:
     """Every valid (t, lag) sample, in trajectory / step / lag order.
 
     `max_per_trajectory` keeps a random subset (drawn with `seed`, order kept) of each trajectory's
-    samples, so that very long runs do not dominate.
+    samples, so that very long runs do not dominate. `count_tokens` counts a text's tokens (the
+    model's tokenizer when known). `report`, when given, receives the counts of samples whose task
+    was cut, whose history was capped, and that were left out as too long.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1 (the summary is at least one step stale), got {k}")
     if max_history_tokens is not None and max_history_tokens < 1:
         raise ValueError(f"max_history_tokens must be positive, got {max_history_tokens}")
+    if max_prompt_tokens is not None and max_prompt_tokens < 64:
+        raise ValueError(f"max_prompt_tokens must be at least 64, got {max_prompt_tokens}")
+    counts = report if report is not None else {}
+    for key in ("task_cut", "history_capped", "too_long"):
+        counts.setdefault(key, 0)
     rng = random.Random(seed)
     samples: list[Sample] = []
     for trajectory in trajectories:
@@ -107,21 +121,50 @@ def build_samples(
             pairs = sorted(rng.sample(pairs, max_per_trajectory))
         if not pairs:
             continue
-        tokens = [estimate_tokens(step_block(i, s, max_observation_chars)) for i, s in enumerate(trajectory.steps)]
+        task, budget = trajectory.task, max_history_tokens
+        if max_prompt_tokens is not None:
+            task, overhead = fit_task(task, max_prompt_tokens // 2, count_tokens)
+            room = max_prompt_tokens - overhead
+            budget = room if budget is None else min(budget, room)
+        tokens = [count_tokens(step_block(i, s, max_observation_chars)) + 1 for i, s in enumerate(trajectory.steps)]
         for t, lag in pairs:
             cutoff = t - lag
             start, total = 0, sum(tokens[:cutoff])
-            if max_history_tokens is not None:
-                while total > max_history_tokens and cutoff - start > 1:
+            if budget is not None:
+                while total > budget and cutoff - start > 1:
                     total -= tokens[start]
                     start += 1
+                if max_prompt_tokens is not None and total > budget:
+                    counts["too_long"] += 1  # the newest history step alone does not fit: no sample
+                    continue
+            counts["task_cut"] += task != trajectory.task
+            counts["history_capped"] += start > 0
             samples.append(Sample(
-                trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id, task=trajectory.task,
+                trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id, task=task,
                 system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
                 raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
                 history_start=start, history_capped=start > 0, history_tokens=total, resolved=trajectory.resolved,
+                task_cut=task != trajectory.task,
             ))
     return samples
+
+
+def fit_task(task: str, limit: int, count_tokens: Callable[[str], int]) -> tuple[str, int]:
+    """(task, tokens of the memory model's prompt without any step): the task cut head + tail until
+    that prompt takes at most `limit` tokens (16 tokens per message are kept for the chat template)."""
+
+    def overhead(text: str) -> int:
+        return sum(count_tokens(m["content"]) + 16 for m in memory_messages(text, []))
+
+    used = overhead(task)
+    chars = len(task)
+    while used > limit and chars > 200:
+        chars = max(200, int(chars * min(0.9, limit / used)))
+        cut = cut_observation(task, chars)
+        used = overhead(cut)
+        if used <= limit:
+            return cut, used
+    return (task if chars == len(task) else cut_observation(task, chars)), used
 
 
 def split_by_task(samples: Sequence[Sample], eval_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
@@ -160,6 +203,7 @@ def sample_stats(samples: Sequence[Sample]) -> dict:
         "by_lag": dict(sorted(Counter(s.lag for s in samples).items())),
         "from_resolved_runs": sum(1 for s in samples if s.resolved),
         "history_capped": sum(1 for s in samples if s.history_capped),
+        "task_cut": sum(1 for s in samples if s.task_cut),
         "history_steps": _summary([len(s.history) for s in samples]),
         "history_tokens": _summary([s.history_tokens for s in samples]),
         "raw_tail_tokens": _summary([sum(estimate_tokens(x.response) + estimate_tokens(x.observation) for x in s.raw_tail)
