@@ -15,6 +15,7 @@ from comem_cli.rollouts import StepRecord
 
 # Piped output (logs, CI) gets wide lines rather than tables squeezed to 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, highlight=False)  # warnings that must not mix with the run's output
 
 
 # Terminal escape sequences (CSI, OSC, other ESC sequences) and control characters: text from the
