@@ -23,16 +23,14 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from comem_cli.errors import EnvironmentFailure
-from comem_cli.sandbox import GIT, JUNK
 
-if TYPE_CHECKING:
-    from comem_cli.sandbox import Sandbox
+# How comem runs git in a sandbox (its own identity, no hooks or signing), and what never counts as a change.
+GIT = "git -c user.name=comem -c user.email=comem@localhost -c core.fileMode=false -c commit.gpgsign=false"
+JUNK = "__pycache__/\n*.pyc\n.pytest_cache/\n*.egg-info/\n.mypy_cache/\n"
 
 
-def take_patch(sb: "Sandbox") -> tuple[str, list[str]]:
+def take_patch(sb) -> tuple[str, list[str]]:
     notes: list[str] = []
     try:
         return git_diff(sb, notes), notes

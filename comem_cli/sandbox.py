@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Iterator
 
 from comem_cli.config import SandboxConfig
 from comem_cli.errors import EnvironmentFailure, UserError
+from comem_cli.patch import GIT, JUNK
 
 if TYPE_CHECKING:
     import docker
 
 LABEL = "comem.sandbox"
 OWNER_PID, OWNER_HOST, OWNER_START = "comem.pid", "comem.host", "comem.pid_start"
-JUNK = "__pycache__/\n*.pyc\n.pytest_cache/\n*.egg-info/\n.mypy_cache/\n"
-GIT = "git -c user.name=comem -c user.email=comem@localhost -c core.fileMode=false -c commit.gpgsign=false"
 
 
 @dataclass

@@ -140,7 +140,7 @@ def test_internal_error_names_a_traceback_file_of_its_own(words_repo, tmp_path, 
 
 # 1. In `comem bench`, an instance whose model call fails ends as api_error and the benchmark goes on.
 def test_bench_goes_on_after_api_errors(tmp_path, docker_client):
-    from comem_cli.bench.evaluation import load_swe_mini
+    from comem_cli.bench.swe_mini import load_swe_mini
 
     ids = ",".join(i["instance_id"] for i in load_swe_mini()[:2])
     with ScriptedServer(Script([SUBMIT_REPLY]), fail_always=401, error_message="Invalid API key") as server:
