@@ -63,11 +63,9 @@ def test_max_prompt_tokens_flag_and_dry_run(tmp_path):
 
 def test_train_memory_on_real_trajectories_with_default_bounds(tiny_lm, tmp_path):
     """The recorded mini-swe-agent runs, no history cap: the tiny model's context bounds every prompt."""
-    from tests.conftest import SHARED
+    from comem_cli.resources import bundled_trajectories
 
-    rollouts = SHARED / "data" / "trajectories" / "mini-swe-agent"
-    if not rollouts.is_dir():
-        pytest.skip(f"shared trajectories not found at {rollouts}")
+    rollouts = bundled_trajectories()
     out = tmp_path / "memory-model"
     r = run_cli("train-memory", "--rollouts", str(rollouts), "--base-model", str(tiny_lm), "--policy-model", str(tiny_lm),
                 "--steps", "1", "--group-size", "2", "--max-summary-tokens", "16", "--max-history-tokens", "1000000",
