@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from comem_cli.config import RunConfig
+from comem_cli.config import SUMMARIZING_ARMS, RunConfig
 from comem_cli.errors import UserError
 from comem_cli.rollouts import META, atomic_write_json
 
@@ -184,7 +184,7 @@ def load_backends(plan: BenchPlan) -> dict[str, Any]:
 
     backends = {}
     for arm in plan.arms:
-        if arm in ("sync", "comem"):
+        if arm in SUMMARIZING_ARMS:
             config = plan.config.model_copy(deep=True)
             config.memory = config.memory.model_copy(update={"arm": arm})
             backends[arm], _ = load_memory_backend(config)
