@@ -316,14 +316,16 @@ class Schedule:
         if self.mask_cutoff != start:  # a swap: the prompt changes anyway, so the mask restarts
             self.mask_cutoff, self.mask_before = start, 0
         mask = max(self.mask_before, start)
+        raw = self.raw_tokens(start)
         if self.raw_tokens(start, mask) > self.policy.budget:
             target = MASK_HEADROOM * self.policy.budget
             while mask < self.n - 1 and self.raw_tokens(start, mask) > target:
                 mask += 1
             self.mask_before = mask
         use = Use(job=best, mask_before=self.mask_before if self.mask_before > start else 0)
-        if use.mask_before:
-            self.events.append({"kind": "mask_fallback", "step": self.n, "mask_before": use.mask_before, "at": now})
+        if raw > self.policy.budget:  # over the budget: record the fallback (masking what can be masked)
+            self.events.append({"kind": "mask_fallback", "step": self.n, "mask_before": use.mask_before,
+                                "raw_tokens": raw, "tokens_after_mask": self.raw_tokens(start, use.mask_before), "at": now})
         if best is not None and best.consumed is None:
             best.consumed = now
             self.events.append(best.record())

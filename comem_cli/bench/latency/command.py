@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Sequence
 from pydantic import BaseModel, Field
 
 from comem_cli.bench.costmodel import CostParams, apply_overrides
-from comem_cli.bench.latency.results import Variant, add_ratios, print_report
+from comem_cli.bench.latency.results import Variant, add_ratios, print_report, print_summary
 from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, Workload,
                                               default_trajectories, load_replays)
 from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig
@@ -171,6 +171,7 @@ def latency_command(s: LatencySettings) -> int:
                                             prewarm_config=prewarm_config))
     add_ratios(rows)
     print_report(rows, header)
+    print_summary(rows)
     if s.json_out:
         atomic_write_json(Path(s.json_out), rows)
         console.print(f"[dim]rows written to {s.json_out}[/dim]")

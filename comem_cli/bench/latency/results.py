@@ -149,3 +149,35 @@ def print_report(rows: list[dict[str, Any]], header: str) -> None:
                       f"{f(r.get('memory_job_s'))} / {f(r.get('agent_step_s'))}", str(r["waits"]), f(r["wait_s"], "{:.1f}"),
                       str(r.get("masks", 0)))
     console.print(table, width=None if console.is_terminal else 220)
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, dict[int, str]]]:
+    """Per arm and concurrency: end-to-end speed-up vs full and the fraction of the arm's limit reached."""
+    concurrencies = sorted({r["concurrency"] for r in rows})
+    out: dict[str, dict[int, str]] = {}
+    for r in rows:
+        if r["memory_free"] and r["policy"] != "comem":
+            continue
+        name = "limit" if r["memory_free"] else r["arm"] + (f" k={r['k']}" if r["arm"] == "comem" else "")
+        name += "" if r["prewarm"] is not True else " (pre-warm)"
+        cell = "-" if r["speedup_vs_full"] is None else f"{r['speedup_vs_full']:.2f}x"
+        if r["of_limit"] is not None and not r["memory_free"]:
+            cell += f" ({r['of_limit']:.0%})"
+        out.setdefault(name, {})[r["concurrency"]] = cell
+    return concurrencies, out
+
+
+def print_summary(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from comem_cli.ui import console
+
+    concurrencies, cells = summary_rows(rows)
+    table = Table(title="end-to-end speed-up vs full (fraction of the arm's limit: the same replay with a free memory model)",
+                  title_justify="left")
+    table.add_column("arm")
+    for c in concurrencies:
+        table.add_column(f"{c} run{'s' if c > 1 else ''}", justify="right")
+    for name, by_c in cells.items():
+        table.add_row(name, *[by_c.get(c, "-") for c in concurrencies])
+    console.print(table)
