@@ -49,6 +49,7 @@ def fix(
     memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | paper | threshold | comem."),
     k: int = typer.Option(2, "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous)."),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: comem on raw-tail tokens only; sync 1]."),
+    launch_tokens: int = typer.Option(2000, "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off)."),
     raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
     memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers."),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
@@ -74,7 +75,7 @@ def fix(
         model=ModelConfig(name=model or DEFAULT_MODEL, api_base=api_base),
         sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout),
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
-        memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
+        memory=MemoryConfig(arm=memory, k=k, every=every, launch_tokens=launch_tokens, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
                             max_summary_tokens=max_summary_tokens, prewarm=prewarm),
     )

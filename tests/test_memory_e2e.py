@@ -26,7 +26,7 @@ def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm
     out = tmp_path / "runs"
     with ScriptedServer(Script(LONG_SCRIPT)) as main:
         r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
-                    "--api-base", main.url, "-o", str(out), "--memory", "comem", "--k", "2",
+                    "--api-base", main.url, "-o", str(out), "--memory", "comem", "--k", "2", "--every", "2",
                     "--memory-backend", "transformers", "--memory-model", str(tiny_lm), "--max-summary-tokens", "48",
                     timeout=600)
         requests = list(main.requests)
@@ -67,7 +67,7 @@ def test_train_memory_cli_checkpoint_drives_a_fix_run(words_repo, tmp_path, tiny
 
     with ScriptedServer(Script(LONG_SCRIPT)) as main:
         r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
-                    "--api-base", main.url, "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "comem", "--k", "2",
+                    "--api-base", main.url, "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "comem", "--k", "2", "--every", "2",
                     "--memory-backend", "transformers", "--memory-model", str(out / "final"),
                     "--max-summary-tokens", "32", timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from comem_cli.bench.datasets import BENCHMARKS
 from comem_cli.config import ARMS
@@ -20,7 +21,18 @@ from comem_cli.config import ARMS
 MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
 ARM_LIST = ",".join(ARMS)
 
-bench_app = typer.Typer(no_args_is_help=True,
+class _BenchGroup(TyperGroup):
+    """`comem bench NAME`: an unknown NAME is bad input with a one-line error, like every other."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            from comem_cli.errors import UserError
+
+            raise UserError(f"unknown benchmark {args[0]!r}; choose one of {', '.join(self.commands)}")
+        return super().resolve_command(ctx, args)
+
+
+bench_app = typer.Typer(no_args_is_help=True, cls=_BenchGroup,
                         help="Run a benchmark and compare memory arms side by side, or time the arms on recorded runs (`latency`).")
 
 
