@@ -27,7 +27,8 @@ The rules (SPEC 3.2), in the order `plan` applies them:
 3. Budget. If the raw tail after the newest finished summary is over `wait_tokens`
    (`raw_budget`; 95% of it for `threshold`), a newer live job, or one launched now, is waited
    for when the arm blocks; `comem` waits only if that job is already `k` steps stale and it is
-   expected to land within about one agent step (measured), and masks otherwise.
+   expected to land within about one agent step (measured; with no summary measured yet, only if
+   it is younger than one agent step), and masks otherwise.
 4. Never wait on a failing memory model: after an error or garbage the next over-budget step
    masks; after a timeout the memory model is not used again in this run (no waits, no launches).
 5. Mask fallback. If the tail is still over the budget, the oldest raw observations are elided
@@ -302,10 +303,12 @@ class Schedule:
             return True
         if self.n - job.cutoff < p.stale:  # fresher than the staleness the user accepts: mask meanwhile
             return False
-        memory, step = self.memory_job_s(), self.agent_step_s()
-        if memory is None or step is None:
+        memory, step, age = self.memory_job_s(), self.agent_step_s(), now - job.queued
+        if step is None:
             return True
-        return memory - (now - job.queued) <= step  # expected to land within about one agent step
+        if memory is None:  # no summary measured yet: a job older than one agent step is presumed slow
+            return age <= step
+        return memory - age <= step  # expected to land within about one agent step
 
     def _wait(self, job: Job, reason: str, now: float) -> Wait:
         self._waited.add(job.id)
