@@ -234,3 +234,51 @@ def test_prewarm_sends_the_next_swapped_prompt():
     warmed = next(m for m in sent if "Summary of steps 0 to 1" in m[2]["content"])
     assert first_swap.messages[: len(warmed)] == warmed
     assert [e["kind"] for e in ctx.late if e["kind"] == "prewarm"]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("fault", ["hang", "garbage"])
+def test_a_hanging_or_garbage_memory_model_leaves_a_run_no_slower_than_full(fault, words_repo, tmp_path, docker_client):
+    """Through the CLI, real Docker, real HTTP: one run of `full` and one of `comem` against a memory
+    server that never answers (or answers garbage); comem is no slower than full (generous bound:
+    one run each on a shared machine) and records every fallback."""
+    import json
+
+    from comem_cli.rollouts import read_run
+    from comem_cli.testing.scripted_server import Script, ScriptedServer
+    from tests.conftest import comem_containers, run_cli
+
+    replies = [f"THOUGHT: look.\n\n```bash\nseq 1 {300 + i}\n```" for i in range(8)] + ["THOUGHT: done.\n\n```bash\necho COMEM_SUBMIT\n```"]
+    options = {"hang": dict(hang_first=10**6, hang_s=600.0), "garbage": {}}[fault]
+    answer = "## x" if fault == "garbage" else "## Task\nnever sent"
+    memory = ScriptedServer(lambda body: answer, **options).start()
+    walls, runs = {}, {}
+    try:
+        for arm in ("full", "comem"):
+            out = tmp_path / arm
+            with ScriptedServer(Script(replies), latency_s=0.3) as main:
+                started = time.time()
+                r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/main",
+                            "--api-base", main.url, "-o", str(out), "--no-apply", "--memory", arm, "--every", "2",
+                            "--raw-budget", "1000", "--memory-timeout", "3", "--memory-backend", "openai",
+                            "--memory-model", "openai/memory", "--memory-api-base", memory.url, timeout=300)
+                walls[arm] = time.time() - started
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            (run_dir,) = list(out.iterdir())
+            runs[arm] = read_run(run_dir)
+            assert comem_containers(docker_client, run_dir.name) == []
+    finally:
+        memory.stop()
+    assert walls["comem"] <= 1.5 * walls["full"] + 5, walls
+    run = runs["comem"]
+    totals = run.meta["totals"]
+    assert run.meta["status"] == "submitted" and totals["summaries"] == 0
+    events = [e for s in run.steps for e in s.memory] + totals.get("late_events", [])
+    failures = [e for e in events if e["kind"] == "memory_failure"]
+    assert failures and {f["status"] for f in failures} == ({"timeout"} if fault == "hang" else {"failed"})
+    masks = [e for e in events if e["kind"] == "mask_fallback"]
+    assert masks and totals["mask_fallbacks"] == len(masks)
+    assert sum(w["end"] - w["start"] for w in events if w["kind"] == "wait") <= 3.5  # never the whole timeout twice
+    if fault == "hang":
+        assert any(e["kind"] == "memory_unresponsive" for e in events)
+    assert json.loads((run.path / "meta.json").read_text())["status"] == "submitted"

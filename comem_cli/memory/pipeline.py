@@ -175,12 +175,14 @@ class MemoryContext:
                 messages = memory_messages(self.task, history, max_observation_chars=cut)
             text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}")
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
+            timed_out = False
         except Exception as e:  # a memory failure never ends the run
             text, error = None, f"{type(e).__name__}: {str(e)[:200]}"
+            timed_out = isinstance(e, TimeoutError) or "Timeout" in type(e).__name__
         with self.lock:
             wanted = job.status == "running"
             blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
-            self.schedule.finish(job, self.clock(), summary=text, error=error)
+            self.schedule.finish(job, self.clock(), summary=text, error=error, timed_out=timed_out)
             self._drain()
             steps = list(self.steps)
         if wanted and error is None and self.prewarm is not None and not blocked and not self.closed:

@@ -242,9 +242,14 @@ class Schedule:
         job.status, job.started = "running", now
         return job
 
-    def finish(self, job: Job, now: float, *, summary: str | None = None, error: str | None = None) -> None:
-        """The memory model answered: a summary, or an error (garbage counts as an error)."""
+    def finish(self, job: Job, now: float, *, summary: str | None = None, error: str | None = None,
+               timed_out: bool = False) -> None:
+        """The memory model answered: a summary, or an error (garbage counts as an error; a request
+        that timed out in the backend counts as a timeout)."""
         if job.status != "running":  # timed out or cancelled meanwhile: the answer is not wanted
+            return
+        if timed_out:
+            self._timeout(job, now, error)
             return
         job.summary = summary if error is None else None
         self._end(job, "done" if error is None else "failed", now, error)
@@ -334,9 +339,9 @@ class Schedule:
             self.events.append(best.record())
         return use
 
-    def _timeout(self, job: Job, now: float) -> None:
+    def _timeout(self, job: Job, now: float, error: str | None = None) -> None:
         self.outbox.append(Cancel(job))
-        self._end(job, "timeout", now, f"no summary after {self.policy.timeout_s:g} s")
+        self._end(job, "timeout", now, error or f"no summary after {self.policy.timeout_s:g} s")
         if not self.unresponsive:
             self.unresponsive = True
             self.events.append({"kind": "memory_unresponsive", "job": job.id, "at": now,
