@@ -63,6 +63,3 @@ def estimate_tokens(text: str) -> int:
     """A cheap, tokenizer-free estimate (~4 characters per token) for budgets and planning."""
     return (len(text) + 3) // 4
 
-
-def view_tokens(messages: Sequence[dict[str, str]]) -> int:
-    return sum(estimate_tokens(m["content"]) + 4 for m in messages)

@@ -252,11 +252,6 @@ class MemoryContext:
         }
 
 
-def raw_tokens(steps, start: int) -> int:
-    """Tokens of the raw tail steps[start:] (the budget measure; ~4 characters per token)."""
-    return sum(estimate_tokens(s.response) + estimate_tokens(s.observation) for s in steps[start:])
-
-
 def overlap(interval: tuple[float, float], spans: list[tuple[float, float]]) -> float:
     """Seconds of `interval` covered by the union of `spans`."""
     a, b = interval
