@@ -1,8 +1,8 @@
 """`comem bench latency`: the cost model, the virtual-time replay, its schedule against the real
 MemoryContext, the paper calibration, the benchmark targets, a real `--serving local` run, bad input.
 
-Runs on the shared mini-swe-agent trajectories (../shared/data/trajectories); tokens are counted
-once per test session (module fixture).
+Runs on the trajectories `comem bench latency` replays by default (default_trajectories); tokens
+are counted once per test module (fixture).
 """
 
 from __future__ import annotations
