@@ -190,7 +190,7 @@ class Schedule:
 
     def covered(self) -> int:
         """Steps covered by the newest launch (or by the newest summary, for `launch_from='summary'`)."""
-        wanted = ("queued", "running", "done")
+        wanted = ("queued", "running", "done", "failed")  # after a failure, the next launch waits for new tokens
         if self.policy.launch_from == "summary":
             wanted = ("running", "done")
         return max((j.cutoff for j in self.jobs if j.status in wanted), default=0)
