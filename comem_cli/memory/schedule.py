@@ -32,8 +32,9 @@ The rules (SPEC 3.2), in the order `plan` applies them:
 4. Never wait on a failing memory model: after an error or garbage the next over-budget step
    masks; after a timeout the memory model is not used again in this run (no waits, no launches).
 5. Mask fallback. If the tail is still over the budget, the oldest raw observations are elided
-   (placeholders) until it fits within 75% of the budget; the cut only moves forward until the
-   next summary swap, so the prompt stays append-only in between. Every mask is recorded.
+   (placeholders) until it fits within 75% of the budget. The cut only moves forward (in jumps,
+   thanks to that headroom) until the next summary swap: between two moves or swaps the prompt
+   only grows at its end. Every over-budget step is recorded as a mask fallback.
 6. View. The newest finished summary and the raw tail after its cut-off: every step is in the view.
 """
 
