@@ -20,6 +20,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="comem: a coding agent whose prompt stays short while a small memory model summarizes in the background.")
 sandbox_app = typer.Typer(no_args_is_help=True, help="Build or clean up the Docker sandbox.")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(__import__("comem_cli.bench.cli_bench", fromlist=["bench_app"]).bench_app, name="bench")
 
 EXIT_CODES = {"submitted": 0, "interrupted": 130}
 
@@ -46,9 +47,10 @@ def fix(
     force: bool = typer.Option(False, "--force", help="Overwrite the branch if it exists."),
     network: bool = typer.Option(False, "--network/--no-network", help="Give the sandbox network access (off by default)."),
     github_api: Optional[str] = typer.Option(None, "--github-api", envvar="COMEM_GITHUB_API", help="GitHub API base (GitHub Enterprise: https://HOST/api/v3)."),
-    memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | comem."),
-    k: int = typer.Option(2, "--k", min=0, help="comem: steps a summary may lag behind (0 = synchronous)."),
-    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: k, or 1 when k=0]."),
+    memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | paper | threshold | comem."),
+    k: int = typer.Option(2, "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous)."),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: comem on raw-tail tokens only; sync 1]."),
+    launch_tokens: int = typer.Option(2000, "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off)."),
     raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
     memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers."),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
@@ -70,8 +72,10 @@ def fix(
     from comem_cli.run import fix as run_fix
     from comem_cli.ui import console, err_console, print_step, run_table
 
-    if memory not in ("full", "mask", "sync", "comem"):
-        raise UserError(f"--memory must be one of full, mask, sync, comem (got {memory!r})")
+    from comem_cli.config import ARMS
+
+    if memory not in ARMS:
+        raise UserError(f"--memory must be one of {', '.join(ARMS)} (got {memory!r})")
     if memory_backend not in ("auto", "vllm", "openai", "transformers"):
         raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
     if large_files not in ("warn", "refuse"):
@@ -80,7 +84,7 @@ def fix(
         model=ModelConfig(name=model or DEFAULT_MODEL, api_base=api_base),
         sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout, large_files=large_files),
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
-        memory=MemoryConfig(arm=memory, k=k, every=every, raw_budget=raw_budget, backend=memory_backend,
+        memory=MemoryConfig(arm=memory, k=k, every=every, launch_tokens=launch_tokens, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
                             max_summary_tokens=max_summary_tokens, prewarm=prewarm),
     )
@@ -143,58 +147,6 @@ def fix(
     if outcome.apply_error:  # the agent may have submitted, but there is no fix on a branch: not a success
         raise typer.Exit(1)
     raise typer.Exit(EXIT_CODES.get(outcome.result.status, 1))
-
-
-@app.command()
-def bench(
-    name: str = typer.Argument(..., help="swe-mini | swebench-verified | swebench-lite | latency"),
-    model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name)."),
-    api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE"),
-    memory: str = typer.Option("comem", "--memory", help="Arm(s), comma-separated: full,mask,sync,comem (run on the same instances)."),
-    k: str = typer.Option("2", "--k", help="Lag k >= 0 (latency: a comma list, e.g. 1,2,4)."),
-    every: Optional[int] = typer.Option(None, "--every", min=1),
-    raw_budget: int = typer.Option(12000, "--raw-budget", min=256),
-    memory_backend: str = typer.Option("auto", "--memory-backend"),
-    memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL"),
-    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE"),
-    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each)."),
-    instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids."),
-    filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids."),
-    slice_: Optional[str] = typer.Option(None, "--slice", help="A:B over the (filtered) instance list."),
-    output: Path = typer.Option(Path("bench-runs"), "--output", "-o"),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="Sub-folder of --output [default: the benchmark name]; rerun with the same one to resume."),
-    redo_existing: bool = typer.Option(False, "--redo-existing", help="Run finished instances again."),
-    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate"),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instances from a json/jsonl/parquet file (SWE-bench schema)."),
-    image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'."),
-    export_dataset: Optional[Path] = typer.Option(None, "--export-dataset", help="Write the selected instances as JSONL and stop."),
-    evaluate_only: Optional[Path] = typer.Option(None, "--evaluate-only", help="Evaluate an existing predictions file (SWE-bench format) and stop."),
-    executor: str = typer.Option("threads", "--executor", help="threads | ray"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address [default: start a local one]."),
-    max_steps: int = typer.Option(100, "--max-steps", min=1),
-    cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0),
-    timeout: int = typer.Option(120, "--timeout", min=1),
-    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="latency: recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable."),
-    serving: str = typer.Option("model", "--serving", help="latency: model (cost model, virtual time) | local (tiny real models) | endpoint (real servers)."),
-    concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="latency: concurrent runs sharing the servers, comma-separated."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="latency: also write the rows to this JSON file."),
-    prewarm: Optional[bool] = typer.Option(None, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt (latency: default rows with and without)."),
-    command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="latency: seconds per command when the recording has no timings."),
-    summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="latency: tokens the memory model writes per summary."),
-    cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="latency: cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="latency: check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%)."),
-):
-    """Run a benchmark, evaluate it, and compare memory arms side by side (`latency`: replay recorded runs and time the arms)."""
-    from comem_cli.bench.cli_bench import bench_command
-
-    if name != "latency":
-        try:
-            k = int(k)
-        except ValueError:
-            raise UserError(f"--k takes one integer >= 0 (got {k!r}; a comma list only with `comem bench latency`)") from None
-        if k < 0:
-            raise UserError(f"--k must be >= 0 (got {k})")
-    raise typer.Exit(bench_command(**locals()))
 
 
 @app.command()

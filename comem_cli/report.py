@@ -19,7 +19,7 @@ from comem_cli.errors import UserError
 from comem_cli.rollouts import RunRecord, atomic_write_text, read_run
 
 COLORS = {"model": "#4C78A8", "command": "#72B7B2", "memory": "#F58518", "queued": "#FBD38D", "wait": "#E45756",
-          "cached": "#54A24B", "uncached": "#9D755D", "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "comem": "#F58518", "reward": "#B279A2"}
+          "cached": "#54A24B", "uncached": "#9D755D", "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "paper": "#B6992D", "threshold": "#FF9DA6", "comem": "#F58518", "reward": "#B279A2"}
 
 
 @dataclass

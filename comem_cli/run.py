@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from comem_cli import __version__
 from comem_cli.agent import Agent, RunResult, cut_middle
-from comem_cli.config import RunConfig
+from comem_cli.config import SUMMARIZING_ARMS, RunConfig
 from comem_cli.errors import EnvironmentFailure, UserError
 from comem_cli.issues import Issue
 from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
@@ -49,7 +49,7 @@ def new_run_dir(output: Path, issue: Issue) -> Path:
 
 
 def make_context(config: RunConfig, system: str, task: str, backend=None, model: LitellmModel | None = None):
-    """The arm's context strategy; `sync` and `comem` need a memory backend (see memory/backends.py)."""
+    """The arm's context strategy; the summarizing arms need a memory backend (see memory/backends.py)."""
     arm = config.memory.arm
     if arm == "full":
         return FullContext(system, task)
@@ -61,7 +61,7 @@ def make_context(config: RunConfig, system: str, task: str, backend=None, model:
 
 def load_memory_backend(config: RunConfig, backend=None):
     """The memory backend a summarizing arm needs (None for full / mask). Returns (backend, owned)."""
-    if backend is not None or config.memory.arm not in ("sync", "comem"):
+    if backend is not None or config.memory.arm not in SUMMARIZING_ARMS:
         return backend, False
     from comem_cli.memory.backends import load_backend
 

@@ -62,3 +62,4 @@ def build_view(
 def estimate_tokens(text: str) -> int:
     """A cheap, tokenizer-free estimate (~4 characters per token) for budgets and planning."""
     return (len(text) + 3) // 4
+

@@ -66,7 +66,7 @@ def test_two_arms_two_workers_report_exactly_which_are_resolved(tmp_path, docker
     chosen = [GOLD, GOLD2, WRONG, NOTHING]
     ids = ",".join(i["instance_id"] for i in chosen)
     with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(lambda b: SUMMARY) as memory:
-        r = bench("--instances", ids, "--workers", "2", "--memory", "full,comem", "--k", "1", "-o", str(tmp_path),
+        r = bench("--instances", ids, "--workers", "2", "--memory", "full,comem", "--k", "1", "--every", "1", "-o", str(tmp_path),
                   main_url=main.url, memory_url=memory.url)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = tmp_path / "swe-mini"

@@ -26,7 +26,7 @@ def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm
     out = tmp_path / "runs"
     with ScriptedServer(Script(LONG_SCRIPT)) as main:
         r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
-                    "--api-base", main.url, "-o", str(out), "--memory", "comem", "--k", "2",
+                    "--api-base", main.url, "-o", str(out), "--memory", "sync", "--every", "2",
                     "--memory-backend", "transformers", "--memory-model", str(tiny_lm), "--max-summary-tokens", "48",
                     timeout=600)
         requests = list(main.requests)
@@ -34,9 +34,10 @@ def test_fix_with_a_tiny_transformers_memory_model(words_repo, tmp_path, tiny_lm
     (run_dir,) = list(out.iterdir())
     run = read_run(run_dir)
     totals = run.meta["totals"]
-    assert run.meta["status"] == "submitted" and totals["arm"] == "comem" and totals["k"] == 2
+    assert run.meta["status"] == "submitted" and totals["arm"] == "sync" and totals["k"] == 0
     # The tiny model really ran: jobs were launched every 2 steps and summaries (random text, but
-    # text) reached the main model's views.
+    # text) reached the main model's views (the blocking arm: comem would not wait for a memory model
+    # this much slower than the scripted agent, and the run would end before a summary lands).
     assert totals["memory_jobs"] >= 3 and totals["summaries"] >= 1
     used = [s for s in run.steps if s.view.summary_cutoff is not None]
     assert used, "no view carried a summary"
@@ -63,7 +64,7 @@ def test_train_memory_cli_checkpoint_drives_a_fix_run(words_repo, tmp_path, tiny
 
     with ScriptedServer(Script(LONG_SCRIPT)) as main:
         r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/scripted",
-                    "--api-base", main.url, "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "comem", "--k", "2",
+                    "--api-base", main.url, "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "sync", "--every", "2",
                     "--memory-backend", "transformers", "--memory-model", str(out / "final"),
                     "--max-summary-tokens", "32", timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

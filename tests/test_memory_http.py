@@ -24,7 +24,7 @@ def run_arm(repo, tmp_path, arm: str, memory_server: ScriptedServer, *extra: str
     out = tmp_path / f"runs-{arm}-{len(list(tmp_path.iterdir()))}"
     with ScriptedServer(Script(ECHO_SCRIPT), latency_s=latency) as main:
         r = run_cli("fix", "-r", str(repo), "-i", str(repo / "ISSUE.md"), "-m", "openai/main", "--api-base", main.url,
-                    "-o", str(out), "--no-apply", "--memory", arm, "--k", "2", "--memory-backend", "openai",
+                    "-o", str(out), "--no-apply", "--memory", arm, "--k", "2", "--every", "2", "--memory-backend", "openai",
                     "--memory-model", "openai/memory", "--memory-api-base", memory_server.url, *extra)
         requests = list(main.requests)
     assert r.returncode == 0, r.stdout + r.stderr

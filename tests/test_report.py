@@ -35,7 +35,7 @@ def test_report_of_two_arms_and_a_training_run(words_repo, tmp_path, docker_clie
         for arm in ("full", "comem"):
             with ScriptedServer(Script(ECHO_SCRIPT), latency_s=0.2) as main:
                 r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/main",
-                            "--api-base", main.url, "-o", str(out), "--no-apply", "--memory", arm, "--k", "2",
+                            "--api-base", main.url, "-o", str(out), "--no-apply", "--memory", arm, "--k", "2", "--every", "2",
                             "--memory-backend", "openai", "--memory-model", "openai/mem", "--memory-api-base", memory.url)
                 assert r.returncode == 0, r.stderr
     (out / "train_report.json").write_text(json.dumps({"steps": [{"step": i, "reward_mean": 0.1 * i, "reward_std": 0.05} for i in range(5)]}))

@@ -1,118 +1,126 @@
-"""`comem bench`: validate the flags, then run / evaluate / export, with a live display and a table."""
+"""`comem bench ...`: the command-line shape of the benchmarks (Typer), nothing else.
+
+Two programs, each with only its own options, grouped in help panels:
+  comem bench swe-mini | swebench-verified | swebench-lite   run agents on instances (bench/run_command.py)
+  comem bench latency                                         replay trajectories and time the arms (bench/latency/)
+Each command turns its flags into one typed settings object and hands it down. Heavy imports
+(pydantic settings included) happen inside the commands, so `comem --help` stays fast.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
-from comem_cli.errors import UserError
+import typer
+from typer.core import TyperGroup
 
-ARMS = ("full", "mask", "sync", "comem")
+from comem_cli.bench.datasets import BENCHMARKS
+from comem_cli.config import ARMS
 
+MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
+ARM_LIST = ",".join(ARMS)
 
-def parse_arms(memory: str) -> list[str]:
-    arms = [a.strip() for a in memory.split(",") if a.strip()]
-    bad = [a for a in arms if a not in ARMS]
-    if not arms or bad:
-        raise UserError(f"--memory takes arms from {', '.join(ARMS)} (got {memory!r})")
-    return list(dict.fromkeys(arms))
+class _BenchGroup(TyperGroup):
+    """`comem bench NAME`: an unknown NAME is bad input with a one-line error, like every other."""
 
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            from comem_cli.errors import UserError
 
-def live_display(progress, started: float):
-    from rich.console import Group
-    from rich.table import Table
-
-    def render():
-        with progress.lock:
-            done, total, cost, workers = progress.done, progress.total, progress.cost, dict(progress.workers)
-        elapsed = time.time() - started
-        eta = (elapsed / done * (total - done)) if done else None
-        width = 30
-        filled = int(width * done / total) if total else width
-        head = (f"[bold]{done}/{total}[/bold] [{'#' * filled}{'.' * (width - filled)}] "
-                f"elapsed {elapsed:5.0f}s  ETA {'-' if eta is None else f'{eta:5.0f}s'}  cost ${cost:.3f}")
-        table = Table(show_header=False, box=None, padding=(0, 1))
-        for worker, text in sorted(workers.items()):
-            table.add_row(f"[dim]{worker.replace('comem-bench_', 'worker ')}[/dim]", text)
-        return Group(head, table)
-
-    return render
+            raise UserError(f"unknown benchmark {args[0]!r}; choose one of {', '.join(self.commands)}")
+        return super().resolve_command(ctx, args)
 
 
-def bench_command(**o: Any) -> int:
-    if o.get("name") == "latency":  # replay recorded runs and time the arms (comem_cli/bench/latency.py)
-        return __import__("comem_cli.bench.latency", fromlist=["latency_command"]).latency_command(**o)
-    from rich.live import Live
-
-    from comem_cli.bench import datasets
-    from comem_cli.bench.report import bench_report, report_table
-    from comem_cli.bench.runner import BenchPlan, Predictions, ensure_images, load_backends, run_bench
-    from comem_cli.config import DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
-    from comem_cli.ui import console
-
-    arms = parse_arms(o["memory"])
-    if o["executor"] not in ("threads", "ray"):
-        raise UserError(f"--executor must be threads or ray (got {o['executor']!r})")
-    instances = datasets.select(datasets.load_instances(o["name"], o["dataset"]),
-                                ids=[i.strip() for i in o["instances"].split(",")] if o["instances"] else None,
-                                pattern=o["filter"], slice_spec=o["slice_"])
-    if o["export_dataset"]:
-        datasets.export_jsonl(instances, o["export_dataset"])
-        console.print(f"wrote {len(instances)} instances to {o['export_dataset']}")
-        return 0
-    config = RunConfig(
-        model=ModelConfig(name=o["model"] or DEFAULT_MODEL, api_base=o["api_base"]),
-        sandbox=SandboxConfig(command_timeout_s=o["timeout"]),
-        agent=AgentConfig(max_steps=o["max_steps"], cost_limit=o["cost_limit"]),
-        memory=MemoryConfig(k=o["k"], every=o["every"], raw_budget=o["raw_budget"], backend=o["memory_backend"],
-                            model=o["memory_model"], api_base=o["memory_api_base"], prewarm=bool(o.get("prewarm"))),
-    )
-    output = Path(o["output"]) / (o["run_id"] or o["name"])
-    plan = BenchPlan(name=o["name"], instances=instances, arms=arms, config=config, output=output,
-                     workers=o["workers"], redo=o["redo_existing"], evaluate=o["evaluate"],
-                     image_template=o["image_template"], executor=o["executor"], ray_address=o["ray_address"])
-    if o["evaluate_only"]:
-        return evaluate_only(plan, Path(o["evaluate_only"]))
-    ensure_images(plan)
-
-    from comem_cli.models import LitellmModel
-
-    LitellmModel(config.model).preflight()
-    backends = load_backends(plan)
-    started = time.time()
-    console.print(f"[bold]comem bench {plan.name}[/bold]: {len(instances)} instances x arms {', '.join(arms)} · "
-                  f"model {config.model.name} · {plan.workers} workers · output {output}")
-    import threading
-
-    from comem_cli.bench.runner import Progress
-
-    progress, stop = Progress(total=0), threading.Event()
-    try:
-        with Live(get_renderable=live_display(progress, started), console=console, refresh_per_second=2):
-            run_bench(plan, backends=backends, progress=progress, stop=stop)
-    finally:
-        for backend in backends.values():
-            if backend is not None:
-                backend.close()
-    report = bench_report(output, arms, [i["instance_id"] for i in instances], plan.name)
-    console.print(report_table(report))
-    console.print(f"[dim]report {output / 'report.json'} · predictions {', '.join(str(plan.arm_dir(a) / 'preds.json') for a in arms)}[/dim]")
-    return 0
+bench_app = typer.Typer(no_args_is_help=True, cls=_BenchGroup,
+                        help="Run a benchmark and compare memory arms side by side, or time the arms on recorded runs (`latency`).")
 
 
-def evaluate_only(plan, preds_path: Path) -> int:
-    """Grade a predictions file with the official harness and show the verdicts."""
-    import json
+def _runner(name: str):
+    def command(
+        model: Optional[str] = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name).", rich_help_panel=MODEL),
+        api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model.", rich_help_panel=MODEL),
+        memory: str = typer.Option("comem", "--memory", help=f"Arm(s), comma-separated, run on the same instances: {ARM_LIST}.", rich_help_panel=MEMORY),
+        k: str = typer.Option("2", "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
+        every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
+        launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
+        raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
+        memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers.", rich_help_panel=MEMORY),
+        memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
+        memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
+        prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+        workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
+        instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids.", rich_help_panel=RUN),
+        filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids.", rich_help_panel=RUN),
+        slice_: Optional[str] = typer.Option(None, "--slice", help="A:B over the (filtered) instance list.", rich_help_panel=RUN),
+        redo_existing: bool = typer.Option(False, "--redo-existing", help="Run finished instances again.", rich_help_panel=RUN),
+        evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", rich_help_panel=RUN),
+        dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instances from a json/jsonl/parquet file in the SWE-bench 5 schema (image, eval_script, log_parser, ...).", rich_help_panel=RUN),
+        image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'.", rich_help_panel=RUN),
+        executor: str = typer.Option("threads", "--executor", help="threads | ray", rich_help_panel=RUN),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local one).", rich_help_panel=RUN),
+        max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
+        cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0, rich_help_panel=RUN),
+        timeout: int = typer.Option(120, "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel=RUN),
+        output: Path = typer.Option(Path("bench-runs"), "--output", "-o", rich_help_panel=OUTPUT),
+        run_id: Optional[str] = typer.Option(None, "--run-id", help="Sub-folder of --output (default: the benchmark name); rerun with the same one to resume.", rich_help_panel=OUTPUT),
+        export_dataset: Optional[Path] = typer.Option(None, "--export-dataset", help="Write the selected instances as JSONL and stop.", rich_help_panel=OUTPUT),
+        evaluate_only: Optional[Path] = typer.Option(None, "--evaluate-only", help="Evaluate an existing predictions file (SWE-bench format) and stop.", rich_help_panel=OUTPUT),
+    ) -> None:
+        from comem_cli.bench.run_command import BenchSettings, bench_command
 
-    from comem_cli.bench.report import bench_report, report_table
-    from comem_cli.bench.runner import EVALUATE_ONLY, evaluate_only as grade
-    from comem_cli.ui import console
+        settings = BenchSettings(
+            name=name, model=model, api_base=api_base, memory=memory, k=k, every=every, launch_tokens=launch_tokens,
+            raw_budget=raw_budget, memory_backend=memory_backend, memory_model=memory_model, memory_api_base=memory_api_base,
+            prewarm=prewarm, workers=workers, instances=instances, filter=filter, slice=slice_, redo_existing=redo_existing,
+            evaluate=evaluate, dataset=dataset, image_template=image_template, executor=executor, ray_address=ray_address,
+            max_steps=max_steps, cost_limit=cost_limit, timeout=timeout, output=output, run_id=run_id,
+            export_dataset=export_dataset, evaluate_only=evaluate_only)
+        raise typer.Exit(bench_command(settings))
 
-    ids = grade(plan, preds_path)
-    for iid in ids:
-        verdict = json.loads((plan.arm_dir(EVALUATE_ONLY) / "eval" / f"{iid}.json").read_text())
-        mark = "[green]resolved[/green]" if verdict.get("resolved") else f"[red]not resolved[/red] ({verdict.get('status')})"
-        console.print(f"{iid}: {mark}")
-    console.print(report_table(bench_report(plan.output, [EVALUATE_ONLY], ids, plan.name)))
-    return 0
+    command.__doc__ = f"Run {name}: agents on its instances, one arm after another, then evaluate and compare the arms."
+    return command
+
+
+for _name in BENCHMARKS:
+    bench_app.command(_name)(_runner(_name))
+
+
+@bench_app.command("latency")
+def latency(
+    serving: str = typer.Option("model", "--serving", help="model (the calibrated cost model, virtual time) | local (tiny real models) | endpoint (real servers).", rich_help_panel=MODEL),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the main model's served name.", rich_help_panel=MODEL),
+    api_base: Optional[str] = typer.Option(None, "--api-base", help="endpoint: the main server.", rich_help_panel=MODEL),
+    memory_model: Optional[str] = typer.Option(None, "--memory-model", help="endpoint: the memory model's served name.", rich_help_panel=MODEL),
+    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", help="endpoint: the memory server.", rich_help_panel=MODEL),
+    memory_engine: str = typer.Option("separate", "--memory-engine", help="separate (extra hardware beside the main engine) | main (summaries served by the main engine).", rich_help_panel=MODEL),
+    cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
+    summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
+    memory: str = typer.Option(ARM_LIST, "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
+    k: str = typer.Option("2", "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch period in steps (default: comem on raw-tail tokens only; sync 2).", rich_help_panel=MEMORY),
+    launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
+    raw_budget: int = typer.Option(12000, "--raw-budget", min=256, rich_help_panel=MEMORY),
+    prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+    memory_free: bool = typer.Option(False, "--memory-free", help="Only the limits: every memory model costs nothing.", rich_help_panel=MEMORY),
+    memory_workers: int = typer.Option(64, "--memory-workers", min=1, help="Memory requests in flight at once (the memory pool).", rich_help_panel=MEMORY),
+    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable.", rich_help_panel=RUN),
+    concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="Concurrent runs sharing the servers, comma-separated.", rich_help_panel=RUN),
+    max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
+    command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="Seconds per command when the recording has no timings.", rich_help_panel=RUN),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%).", rich_help_panel=RUN),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file.", rich_help_panel=OUTPUT),
+) -> None:
+    """Replay recorded trajectories and time every context arm side by side (no Docker, no agent)."""
+    from comem_cli.bench.latency.command import LatencySettings, latency_command
+    from comem_cli.errors import UserError
+
+    if memory_engine not in ("separate", "main"):
+        raise UserError(f"--memory-engine must be separate or main (got {memory_engine!r})")
+    settings = LatencySettings(
+        trajectories=trajectories or [], serving=serving, concurrency=concurrency, arms=memory, k=k, every=every,
+        launch_tokens=launch_tokens, raw_budget=raw_budget, prewarm=prewarm, memory_free=memory_free,
+        memory_engine=memory_engine, workers=memory_workers, max_steps=max_steps, command_s=command_s,
+        summary_tokens=summary_tokens, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
+        memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out)
+    raise typer.Exit(latency_command(settings))

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from comem_cli.config import SUMMARIZING_ARMS
 from comem_cli.rollouts import atomic_write_json, read_run
 
 
@@ -50,7 +51,7 @@ def arm_report(arm_dir: Path, arm: str, instance_ids: list[str]) -> dict[str, An
                 resolved.append(iid)
     n = len(instance_ids)
     return {
-        "arm": arm, "k": k if arm in ("sync", "comem") else None, "instances": n, "evaluated": evaluated,
+        "arm": arm, "k": k if arm in SUMMARIZING_ARMS else None, "instances": n, "evaluated": evaluated,
         "resolved": sorted(resolved), "resolved_count": len(resolved), "resolved_rate": len(resolved) / n if n else 0.0,
         "step_latency_median_s": statistics.median(step_latency) if step_latency else None,
         "step_latency_p95_s": percentile(step_latency, 0.95),

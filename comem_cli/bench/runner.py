@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from comem_cli.config import RunConfig
+from comem_cli.config import SUMMARIZING_ARMS, RunConfig
 from comem_cli.errors import FINAL_STATUSES, UserError
 from comem_cli.rollouts import META, atomic_write_json
 
@@ -197,7 +197,7 @@ def load_backends(plan: BenchPlan) -> dict[str, Any]:
 
     backends = {}
     for arm in plan.arms:
-        if arm in ("sync", "comem"):
+        if arm in SUMMARIZING_ARMS:
             config = plan.config.model_copy(deep=True)
             config.memory = config.memory.model_copy(update={"arm": arm})
             backends[arm], _ = load_memory_backend(config)

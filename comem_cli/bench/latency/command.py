@@ -1,0 +1,207 @@
+"""`comem bench latency`: one typed settings object in, the rows and the table out.
+
+The plan: every arm asked for (`--memory`, default all six peers), always with the `full` and
+`sync` baselines the ratios need, and for every summarizing arm its limit (the same replay with a
+memory model that costs nothing), at each `--concurrency`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from pydantic import BaseModel, Field
+
+from comem_cli.bench.costmodel import CostParams, apply_overrides
+from comem_cli.bench.latency.results import Variant, add_ratios, print_report, print_summary
+from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, Workload,
+                                              default_trajectories, load_replays)
+from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig
+from comem_cli.errors import UserError
+
+SERVINGS = ("model", "local", "endpoint")
+DEFAULT_CONCURRENCY = "1,8,32,128"
+HARDWARE_NOTE = {
+    "separate": "the memory model runs on its own engine: extra hardware beside the main engine "
+                "(--memory-engine main: summaries served by the main engine, no extra hardware)",
+    "main": "summaries are served by the main engine itself (no extra hardware)",
+}
+
+
+class LatencySettings(BaseModel):
+    """Everything `comem bench latency` needs, validated at the command line's boundary."""
+
+    trajectories: list[Path] = Field(default_factory=list)
+    serving: str = "model"
+    concurrency: str = DEFAULT_CONCURRENCY
+    arms: str = ",".join(ARMS)
+    k: str = "2"
+    every: Optional[int] = None
+    launch_tokens: Optional[int] = None
+    raw_budget: int = 12_000
+    prewarm: Optional[bool] = False
+    memory_free: bool = False
+    memory_engine: Literal["separate", "main"] = "separate"
+    workers: int = DEFAULT_MEMORY_WORKERS
+    max_steps: int = 100
+    command_s: float = DEFAULT_COMMAND_S
+    summary_tokens: int = DEFAULT_SUMMARY_TOKENS
+    cost_param: list[str] = Field(default_factory=list)
+    calibrate: bool = False
+    model: Optional[str] = None
+    api_base: Optional[str] = None
+    memory_model: Optional[str] = None
+    memory_api_base: Optional[str] = None
+    json_out: Optional[Path] = None
+
+
+def parse_int_list(value: str | int | None, flag: str, *, minimum: int) -> list[int]:
+    text = str(value if value is not None else "").strip()
+    try:
+        items = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        items = []
+    if not items or any(i < minimum for i in items):
+        raise UserError(f"{flag} takes a comma-separated list of integers >= {minimum} (got {text!r})")
+    return list(dict.fromkeys(items))
+
+
+def parse_arms(memory: str) -> list[str]:
+    arms = [a.strip() for a in memory.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if not arms or bad:
+        raise UserError(f"--memory takes arms from {', '.join(ARMS)} (got {memory!r})")
+    return list(dict.fromkeys(arms))
+
+
+def variants(arms: Sequence[str], ks: Sequence[int], every: int | None, prewarm: bool | None, *,
+             launch_tokens: int | None = None, limits: bool = True) -> list[Variant]:
+    """Always with the `full` and `sync` baselines (the ratios need them); pre-warm both ways when None;
+    each summarizing variant followed by its limit (free memory model) when `limits`."""
+    wanted = list(dict.fromkeys(["full", "sync", *arms]))
+    prewarms = [False, True] if prewarm is None else [prewarm]
+    tokens = DEFAULT_LAUNCH_TOKENS if launch_tokens is None else launch_tokens
+    out: list[Variant] = []
+    for arm in ARMS:
+        if arm not in wanted:
+            continue
+        if arm in ("full", "mask"):
+            out.append(Variant(arm))
+        elif arm == "sync":  # the coupled baseline: a blocking summary every `every` steps (2 unless told)
+            out.extend(Variant("sync", 0, every or 2, p) for p in prewarms)
+        elif arm == "paper":
+            out.extend(Variant("paper", PAPER_K, PAPER_EVERY, p) for p in prewarms)
+        elif arm == "threshold":
+            out.extend(Variant("threshold", None, None, p) for p in prewarms)
+        else:
+            for k in ks:
+                if k == 0:
+                    continue  # k = 0 is the sync arm
+                out.extend(Variant("comem", k, every, p, launch_tokens=tokens) for p in prewarms)
+    if limits:
+        out = [x for v in out for x in ([v, v.as_free()] if v.summarizes else [v])]
+    return out
+
+
+def latency_command(s: LatencySettings) -> int:
+    from comem_cli.rollouts import atomic_write_json
+    from comem_cli.ui import console
+
+    serving = s.serving.strip()
+    if serving not in SERVINGS:
+        raise UserError(f"--serving must be one of {', '.join(SERVINGS)} (got {serving!r})")
+    concurrencies = parse_int_list(s.concurrency, "--concurrency", minimum=1)
+    ks = parse_int_list(s.k, "--k", minimum=0)
+    arms = parse_arms(s.arms)
+    if s.command_s < 0:
+        raise UserError(f"--command-s must be >= 0 (got {s.command_s})")
+    if s.summary_tokens < 1:
+        raise UserError(f"--summary-tokens must be >= 1 (got {s.summary_tokens})")
+    params = apply_overrides(CostParams(), s.cost_param)
+    paths = list(s.trajectories) or default_trajectories()
+    if not paths:
+        raise UserError("comem bench latency needs --trajectories PATH (comem run folders or mini-swe-agent *.traj.json)")
+    config = MemoryConfig(arm="comem", k=max(ks), every=s.every, raw_budget=s.raw_budget, max_summary_tokens=s.summary_tokens,
+                          workers=s.workers)
+    counter = TokenCounter()
+    replays = load_replays(paths, max_steps=s.max_steps, command_s=s.command_s, counter=counter)
+    workload = Workload(counter, config, s.summary_tokens)
+    timed = sum(r.timed for r in replays)
+    console.print(f"[bold]comem bench latency[/bold]: {len(replays)} trajectories · tokens: {counter.name} · "
+                  f"command time: {'recorded' if timed == len(replays) else f'{s.command_s:g} s (--command-s)'}"
+                  f"{f' ({timed} recorded)' if 0 < timed < len(replays) else ''} · summaries {s.summary_tokens} tokens")
+
+    if s.calibrate:
+        from comem_cli.bench.latency.calibration import paper_check, print_calibration
+
+        console.print("serving: model (cost model, virtual time; the paper's pipeline at 32/64/128/256 concurrent runs)")
+        ok = print_calibration(paper_check(replays, params, workload, config))
+        return 0 if ok else 1
+
+    plan = variants(arms, ks, s.every, s.prewarm, launch_tokens=s.launch_tokens, limits=True)
+    if s.memory_free:
+        plan = [v.as_free() if v.summarizes else v for v in plan]
+        plan = list(dict.fromkeys(plan))
+    rows: list[dict[str, Any]] = []
+    if serving == "model":
+        from comem_cli.bench.latency.simulation import simulate
+
+        header = ("serving: model (the calibrated cost model in virtual time; main "
+                  + ", ".join(f"{k}={v:g}" for k, v in params.main.model_dump().items() if not isinstance(v, bool))
+                  + f"; {HARDWARE_NOTE[s.memory_engine]})")
+        for c in concurrencies:
+            for v in plan:
+                rows.append(simulate(replays, v, c, params=params, workload=workload, config=config,
+                                     memory_engine=s.memory_engine))
+    else:
+        from comem_cli.bench.latency.realtime import LOCAL_MAX_SUMMARY, replay_realtime
+
+        header, main_server, memory_server, prewarm_config, reply_cap = real_servers(serving, s)
+        if s.memory_engine == "main":
+            memory_server = main_server
+        header += f"; {HARDWARE_NOTE[s.memory_engine]}"
+        if serving == "local":
+            plan = [v for v in plan if not v.prewarm]  # no prefix cache in the local servers
+        for c in concurrencies:
+            for v in plan:
+                console.print(f"[dim]{serving}: {v.arm}{' (limit)' if v.free else ''} k={v.k} concurrency {c} prewarm {v.prewarm}...[/dim]")
+                rows.append(replay_realtime(replays, v, c, main_server=main_server, memory_server=memory_server,
+                                            workload=workload, config=config, serving=serving, reply_cap=reply_cap,
+                                            summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
+                                            prewarm_config=prewarm_config))
+    add_ratios(rows)
+    print_report(rows, header)
+    print_summary(rows)
+    if s.json_out:
+        atomic_write_json(Path(s.json_out), rows)
+        console.print(f"[dim]rows written to {s.json_out}[/dim]")
+    return 0
+
+
+def real_servers(serving: str, s: LatencySettings):
+    """The main and memory servers of a wall-clock replay: (header, main, memory, pre-warm config, reply cap)."""
+    from comem_cli.bench.latency.realtime import LOCAL_MAX_PROMPT, LOCAL_MAX_REPLY, LOCAL_MAX_SUMMARY, LocalModel
+
+    if serving == "local":
+        import tempfile
+
+        from comem_cli.memory.tiny_lm import build_tiny_causal_lm
+
+        root = Path(tempfile.mkdtemp(prefix="comem-latency-"))
+        main = LocalModel(build_tiny_causal_lm(root / "main", seed=1, hidden_size=192, layers=3))
+        memory = LocalModel(build_tiny_causal_lm(root / "memory", seed=2, hidden_size=64, layers=2))
+        header = (f"serving: local (real tiny transformers models on CPU, wall-clock time; main 3 layers x 192, memory 2 x 64; "
+                  f"last {LOCAL_MAX_PROMPT} prompt tokens, replies <= {LOCAL_MAX_REPLY} tokens, summaries <= {LOCAL_MAX_SUMMARY} tokens; "
+                  f"no batching, no prefix cache)")
+        return header, main, memory, None, LOCAL_MAX_REPLY
+    from comem_cli.bench.latency.endpoint import EndpointModel
+
+    if not s.api_base or not s.model:
+        raise UserError("--serving endpoint needs --model and --api-base for the main server")
+    if not s.memory_engine == "main" and (not s.memory_api_base or not s.memory_model):
+        raise UserError("--serving endpoint needs --memory-model and --memory-api-base for the memory server")
+    main = EndpointModel(s.model, s.api_base)
+    memory = main if s.memory_engine == "main" else EndpointModel(s.memory_model, s.memory_api_base)
+    header = (f"serving: endpoint (real servers, wall-clock time; main {s.model} at {s.api_base}, "
+              f"memory {s.memory_model or s.model} at {s.memory_api_base or s.api_base})")
+    return header, main, memory, main.config, None
