@@ -119,7 +119,7 @@ def bench(
     cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0),
     timeout: int = typer.Option(120, "--timeout", min=1),
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="latency: recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable."),
-    serving: str = typer.Option("model", "--serving", help="latency: model (cost model, virtual time) | local (tiny real models) | endpoint (real servers)."),
+    serving: str = typer.Option("model", "--serving", help="latency: model (cost model, virtual time) | local (tiny real models) | endpoint (real servers) | vllm (start vLLM engines)."),
     concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="latency: concurrent runs sharing the servers, comma-separated."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="latency: also write the rows to this JSON file."),
     prewarm: Optional[bool] = typer.Option(None, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt (latency: default rows with and without)."),
@@ -127,6 +127,11 @@ def bench(
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="latency: tokens the memory model writes per summary."),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="latency: cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable."),
     calibrate: bool = typer.Option(False, "--calibrate", help="latency: check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%)."),
+    # issue 12: real vLLM engines (comem_cli/serving)
+    main_arch: Optional[str] = typer.Option(None, "--main-arch", help="latency --serving vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id [default: tiny]."),
+    memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="latency --serving vllm: memory model, as --main-arch [default: tiny]."),
+    calibrate_engine: bool = typer.Option(False, "--calibrate-engine", help="latency --serving vllm: fit the cost model to the engines, save it (--cost-params FILE), and print predicted vs measured."),
+    cost_params: Optional[Path] = typer.Option(None, "--cost-params", help="latency: cost-model parameters from this JSON file (with --calibrate-engine: where the fit is written)."),
 ):
     """Run a benchmark, evaluate it, and compare memory arms side by side (`latency`: replay recorded runs and time the arms)."""
     from comem_cli.bench.cli_bench import bench_command

@@ -75,7 +75,7 @@ from comem_cli.memory.transcript import memory_messages
 from comem_cli.views import View, build_view, estimate_tokens
 
 ARMS = ("full", "mask", "sync", "comem")
-SERVINGS = ("model", "local", "endpoint")
+SERVINGS = ("model", "local", "endpoint", "vllm")
 DEFAULT_COMMAND_S = 1.0  # a docker exec of a typical agent command (ls, grep, sed, a short test run)
 DEFAULT_SUMMARY_TOKENS = 1024
 DEFAULT_CONCURRENCY = "1,8,32,128"
@@ -970,6 +970,10 @@ def latency_command(**o: Any) -> int:
     serving = (o.get("serving") or "model").strip()
     if serving not in SERVINGS:
         raise UserError(f"--serving must be one of {', '.join(SERVINGS)} (got {serving!r})")
+    if serving == "vllm":  # issue 12: start vLLM engines, then the endpoint path against them (comem_cli/serving)
+        from comem_cli.serving.command import vllm_latency_command
+
+        return vllm_latency_command(latency_command, o)
     concurrencies = parse_int_list(o.get("concurrency") or DEFAULT_CONCURRENCY, "--concurrency", minimum=1)
     ks = parse_int_list(o.get("k") if o.get("k") is not None else 2, "--k", minimum=0)
     from comem_cli.bench.cli_bench import parse_arms
@@ -982,7 +986,9 @@ def latency_command(**o: Any) -> int:
     summary_tokens = int(o.get("summary_tokens") or DEFAULT_SUMMARY_TOKENS)
     if summary_tokens < 1:
         raise UserError(f"--summary-tokens must be >= 1 (got {summary_tokens})")
-    params = apply_overrides(CostParams(), o.get("cost_param") or [])
+    if o.get("cost_params"):  # issue 12: parameters from a file (e.g. written by --calibrate-engine)
+        from comem_cli.bench.costmodel import load_cost_params
+    params = apply_overrides(load_cost_params(o["cost_params"]) if o.get("cost_params") else CostParams(), o.get("cost_param") or [])
     paths = o.get("trajectories") or []
     if isinstance(paths, (str, Path)):
         paths = [paths]
