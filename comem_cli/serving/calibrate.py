@@ -170,7 +170,7 @@ def initial_guess(base: EngineParams, points: list[Point], measured: list[float]
     return EngineParams.model_validate(values)
 
 
-def fit(base: EngineParams, points: list[Point], measured: list[float], *, max_evals: int = 400) -> EngineParams:
+def fit(base: EngineParams, points: list[Point], measured: list[float], *, max_evals: int = 1000) -> EngineParams:
     """Pattern search in log space over FIT_NAMES (the algorithm of latency.fit_engines), minimising
     the squared log error of the predicted grid latencies."""
     current = initial_guess(base, points, measured).model_dump()

@@ -7,8 +7,8 @@
 3. The trajectories are replayed against the engines by the existing `--serving endpoint` path
    (real prompts, recorded reply lengths forced). vLLM's prefix-cache counters (`/metrics`) are
    read before and after.
-4. The engines are stopped (on every exit path). With `--calibrate-engine` the same plan is then
-   replayed on the fitted cost model (`--serving model --cost-params FILE`) and printed side by
+4. The engines are stopped (on every exit path). With `--calibrate-engine` (or a `--cost-params
+   FILE` fitted before) the same plan is then replayed on the fitted cost model (`--serving model --cost-params FILE`) and printed side by
    side with the measurement, with the error.
 
 `--json FILE` gets the measured rows (serving "vllm"; with the prediction and its error when
@@ -38,6 +38,9 @@ def vllm_latency_command(latency_command: Callable[..., int], o: dict[str, Any])
         raise UserError("comem bench latency needs --trajectories PATH (comem run folders or mini-swe-agent *.traj.json)")
     json_out = Path(o["json_out"]) if o.get("json_out") else None
     params_path = Path(o.get("cost_params") or ((json_out.parent if json_out else Path(".")) / "engine-params.json"))
+    predict = bool(o.get("calibrate_engine") or o.get("cost_params"))  # a given file: predict with it, no new fit
+    if predict and not o.get("calibrate_engine") and not params_path.is_file():
+        raise UserError(f"--cost-params: {params_path} does not exist (write it with --calibrate-engine)")
     work = Path(tempfile.mkdtemp(prefix="comem-vllm-latency-"))
     log_dir = (json_out.parent / "engine-logs") if json_out else work / "logs"
     main_port = port_of(o.get("api_base"), "--api-base")
@@ -69,7 +72,7 @@ def vllm_latency_command(latency_command: Callable[..., int], o: dict[str, Any])
     for row in rows:
         row["serving"] = "vllm"
     ok = True
-    if fit_report is not None:
+    if predict:
         predicted_json = work / "predicted.json"
         console.print("[bold]the same replay on the fitted cost model[/bold] (virtual time):")
         latency_command(**{**o, "serving": "model", "cost_params": params_path, "json_out": predicted_json,
@@ -77,7 +80,9 @@ def vllm_latency_command(latency_command: Callable[..., int], o: dict[str, Any])
         predicted = json.loads(predicted_json.read_text())
         calibrate.compare(rows, predicted)
         ok = calibrate.print_comparison(rows, "vllm engines: measured vs the cost model fitted to them")
-        serving["calibration"] = fit_report
+        serving["cost_params"] = str(params_path)
+        if fit_report is not None:
+            serving["calibration"] = fit_report
         serving["speedups_within_tolerance"] = ok
     if json_out:
         from comem_cli.rollouts import atomic_write_json
