@@ -50,7 +50,7 @@ class Point:
 def grid(device: str, max_model_len: int) -> list[Point]:
     """A small grid: on a CPU (tiny shapes) ~10 points, on a GPU ~16."""
     if device == "cpu":
-        prompts, outputs, batches, bprompt, bout = (256, 2048), (8, 64), (4,), 1024, 32
+        prompts, outputs, batches, bprompt, bout = (256, 1024), (8, 32), (4,), 512, 16
     else:
         prompts, outputs, batches, bprompt, bout = (512, 4096, 16384), (16, 128), (8, 32), 2048, 64
     points = []

@@ -41,8 +41,8 @@ VENV_VLLM = REPO / ".venv-vllm"
 START_TIMEOUT_S = float(os.environ.get("COMEM_ENGINE_START_TIMEOUT", "900"))
 
 # Per-device settings. CPU: eager, float32 (no AVX-512 bf16 needed), an explicit small KV cache
-# (which also skips the CPU warm-up pass), the engine in the API server's process (one process
-# per server: a faster start). GPU: bfloat16, CUDA graphs, a share of the card's memory each.
+# (which also skips the CPU warm-up pass), each engine's OpenMP threads on their own cores
+# (`cpu_cores`; VLLM_CPU_OMP_THREADS_BIND in the environment wins). GPU: bfloat16, CUDA graphs, a share of the card's memory each.
 CPU_SETTINGS = {"max_model_len": 32768, "max_num_seqs": 64, "max_num_batched_tokens": 4096,
                 "kv_cache_bytes": {"main": 256 * 1024**2, "memory": 128 * 1024**2}}
 GPU_SETTINGS = {"max_model_len": 40960, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
@@ -203,13 +203,14 @@ class EngineSet:
         # on a CPU at once (the start is mostly imports).
         for server in self.servers:
             self._launch(server, env)
-            console.print(f"engine {server.role}: pid {server.proc.pid} port {server.port} "
+            cores = f" cores {server.info['cpu_cores']}" if server.info.get("cpu_cores") else ""
+            console.print(f"engine {server.role}: pid {server.proc.pid} port {server.port}{cores} "
                           f"model {server.arch or server.model} · flags: {server.flags} · log {server.log_path}", soft_wrap=True)
             if self.device == "gpu":
                 self._wait_healthy(server)
         for server in self.servers:
             self._wait_healthy(server)
-            server.info = engine_info(server)
+            server.info.update(engine_info(server))
         console.print("engines ready: " + ", ".join(
             f"{s.role} kv {s.info.get('kv_capacity_tokens', '?')} tokens" for s in self.servers), soft_wrap=True)
 
@@ -227,6 +228,9 @@ class EngineSet:
         return cmd
 
     def _launch(self, server: Server, env: dict[str, str]) -> None:
+        if self.device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            env = {**env, "VLLM_CPU_OMP_THREADS_BIND": cpu_cores(server.role)}
+            server.info["cpu_cores"] = env["VLLM_CPU_OMP_THREADS_BIND"]
         with open(server.log_path, "wb") as log:
             server.proc = subprocess.Popen(server.command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True,
@@ -268,6 +272,17 @@ class EngineSet:
         return {"device": self.device, "python": self.python, "servers": [
             {"role": s.role, "model": s.model, "arch": s.arch, "port": s.port, "pid": s.proc.pid if s.proc else None,
              "flags": s.flags, "log": str(s.log_path), **s.info} for s in self.servers]}
+
+
+def cpu_cores(role: str) -> str:
+    """Disjoint cores for the two CPU engines (vLLM's OpenMP threads spin: two engines on the same
+    cores slow each other down): the main engine the first half, the memory engine the rest."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cores) < 2:
+        return ",".join(map(str, cores))
+    half = (len(cores) + 1) // 2
+    mine = cores[:half] if role == "main" else cores[half:]
+    return ",".join(map(str, mine))
 
 
 def _sigterm_to_interrupt(signum, frame):
