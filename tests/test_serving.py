@@ -188,3 +188,38 @@ def test_bad_cost_params_file_is_one_line_exit_2(tmp_path):
     bad.write_text("{not json")
     r = run_cli("bench", "latency", "--trajectories", str(folder), "--cost-params", str(bad), "--concurrency", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--cost-params" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the fit and the params file (no vLLM)
+def test_fit_recovers_a_known_engine():
+    """Grid latencies made by a known engine: the fit reproduces them within 5% at every point."""
+    from comem_cli.bench.costmodel import EngineParams
+    from comem_cli.serving.calibrate import errors, fit, grid, predict_point
+
+    true = EngineParams(decode_base_s=0.012, decode_per_seq_s=0.001, decode_per_kv_token_s=2e-7, prefill_per_token_s=8e-5,
+                        prefill_attn_per_ctx_token=1e-5, cached_token_cost=0.01, chunk_tokens=4096,
+                        kv_capacity_tokens=200_000, max_seqs=64)
+    points = grid("cpu", 32768)
+    measured = [predict_point(true, p) for p in points]
+    # cached prefixes are cheaper, batches slower per request: the grid sees both
+    assert measured[2] < measured[0] * 1.01 and max(measured[-2:]) > measured[0]
+    fitted = fit(EngineParams(chunk_tokens=4096, kv_capacity_tokens=200_000, max_seqs=64), points, measured)
+    assert max(abs(e) for e in errors(fitted, points, measured)) < 0.05
+
+
+def test_cost_params_file_drives_the_model(tmp_path):
+    from comem_cli.bench.costmodel import CostParams, EngineParams, save_cost_params
+
+    folder = _two_trajectories(tmp_path)
+    params = tmp_path / "params.json"
+    slow = CostParams(main=EngineParams(decode_base_s=0.5), memory=EngineParams(decode_base_s=0.25))
+    save_cost_params(slow, params, meta={"why": "test"})
+    rows = {}
+    for name, extra in (("default", []), ("file", ["--cost-params", str(params)])):
+        out = tmp_path / f"{name}.json"
+        r = run_cli("bench", "latency", "--trajectories", str(folder), "--concurrency", "1", "--memory", "full",
+                    "--max-steps", "3", "--no-prewarm", "--json", str(out), *extra)
+        assert r.returncode == 0, r.stderr
+        rows[name] = {x["arm"]: x["end_to_end_s"] for x in json.loads(out.read_text())}
+    assert "decode_base_s=0.5" in r.stdout.replace("\n", "")
+    assert rows["file"]["full"] > 2 * rows["default"]["full"]
