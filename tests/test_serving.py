@@ -87,7 +87,10 @@ def test_vllm_replay_and_calibration(tmp_path, model_cache):
                 "--cost-params", str(params), "--json", str(out),
                 env={"COMEM_MODEL_CACHE": str(model_cache)}, timeout=1500)
     text = r.stdout + r.stderr
-    assert r.returncode == 0, text[-4000:]
+    side = out.with_suffix(".serving.json")
+    fit_summary = {role: {k: e[k] for k in ("mean_abs_error", "max_abs_error")} | {"errors": [p["error"] for p in e["points"]]}
+                   for role, e in json.loads(side.read_text()).get("calibration", {}).get("engines", {}).items()} if side.is_file() else {}
+    assert r.returncode == 0, f"fit: {fit_summary}\n" + text[-3000:]
     # the flags that matter are in the output
     assert "--enable-prefix-caching" in text and "--max-num-batched-tokens" in text
     # every server process is gone
