@@ -5,7 +5,8 @@ batches of simultaneous requests (`grid`). Prompts are random token ids (exact l
 share a block unless meant to); a cached prefix is made by sending it first (1 output token),
 so the measured request finds it in vLLM's prefix cache. Output lengths are forced
 (`min_tokens` = `max_tokens`, `ignore_eos`). Each point's latency is the mean of its requests'
-wall-clock times (client side: HTTP included), the median of `REPEATS` tries.
+wall-clock times (client side: HTTP included), the fastest of `REPEATS` tries (interference
+from other processes only adds time).
 
 The fit: the same event-driven engine the replay uses (`costmodel.Engine`) replays each grid
 point (`predict_point`); the six time parameters of `FIT_NAMES` are fitted by the pattern search
@@ -21,7 +22,6 @@ import itertools
 import json
 import math
 import random
-import statistics
 import threading
 import time
 import urllib.request
@@ -35,7 +35,7 @@ FIT_NAMES = ("decode_base_s", "decode_per_seq_s", "decode_per_kv_token_s", "pref
              "prefill_attn_per_ctx_token", "cached_token_cost")
 FIT_TOLERANCE = 0.25  # mean |predicted / measured - 1| over the grid
 SPEEDUP_TOLERANCE = 0.15  # the issue's target: predicted speed-up vs full within 15% of the measured one
-REPEATS = 2
+REPEATS = 3
 TOKEN_LOW, TOKEN_HIGH = 1000, 150000  # plain-text ids of the Qwen2.5 vocabulary
 
 
@@ -118,7 +118,7 @@ def measure(api_base: str, model: str, points: list[Point], *, seed: int = 0,
     out = []
     for p in points:
         values = [measure_point(api_base, model, p, rng) for _ in range(REPEATS)]
-        out.append(statistics.median(values))
+        out.append(min(values))  # interference (other processes, the other engine) only adds time
         log(f"  prompt {p.prompt:>6} cached {p.cached:>6} output {p.output:>4} batch {p.batch:>3}: {out[-1]:.3f} s")
     return out
 

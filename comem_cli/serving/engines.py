@@ -170,11 +170,19 @@ class EngineSet:
         self.python, self.device = "", ""
         self.servers: list[Server] = []
         self._old_sigterm = None
+        self.stopped = False
 
     # -- life cycle
     def __enter__(self) -> "EngineSet":
         if threading.current_thread() is threading.main_thread():
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        previous_hook = threading.excepthook
+
+        def quiet_after_stop(args):  # replay threads whose server was stopped under them (Ctrl-C): no traceback
+            if not self.stopped:
+                previous_hook(args)
+
+        threading.excepthook = quiet_after_stop
         try:
             self.start()
         except BaseException:
@@ -253,6 +261,7 @@ class EngineSet:
         raise UserError(f"vLLM engine {server.role} not healthy after {self.start_timeout_s:.0f} s (log {server.log_path})")
 
     def stop(self) -> None:
+        self.stopped = True
         for server in self.servers:
             if server.proc is not None:
                 stop_process_group(server.proc)
