@@ -5,8 +5,8 @@ batches of simultaneous requests (`grid`). Prompts are random token ids (exact l
 share a block unless meant to); a cached prefix is made by sending it first (1 output token),
 so the measured request finds it in vLLM's prefix cache. Output lengths are forced
 (`min_tokens` = `max_tokens`, `ignore_eos`). Each point's latency is the mean of its requests'
-wall-clock times (client side: HTTP included), the fastest of `REPEATS` tries (interference
-from other processes only adds time).
+wall-clock times (client side: HTTP included), the fastest of `REPEATS` tries made in
+separate rounds over the grid (interference from other processes only adds time).
 
 The fit: the same event-driven engine the replay uses (`costmodel.Engine`) replays each grid
 point (`predict_point`); the six time parameters of `FIT_NAMES` are fitted by the pattern search
@@ -115,11 +115,15 @@ def measure(api_base: str, model: str, points: list[Point], *, seed: int = 0,
             log: Callable[[str], None] = lambda s: None) -> list[float]:
     rng = random.Random(seed)
     _complete(api_base, model, [rng.randrange(TOKEN_LOW, TOKEN_HIGH) for _ in range(64)], 4)  # warm-up, off the clock
-    out = []
-    for p in points:
-        values = [measure_point(api_base, model, p, rng) for _ in range(REPEATS)]
-        out.append(min(values))  # interference (other processes, the other engine) only adds time
-        log(f"  prompt {p.prompt:>6} cached {p.cached:>6} output {p.output:>4} batch {p.batch:>3}: {out[-1]:.3f} s")
+    # REPEATS rounds over the whole grid (a burst of interference spreads over points instead of
+    # hitting every try of one), then the fastest try of each point: interference only adds time.
+    tries: list[list[float]] = [[] for _ in points]
+    for _ in range(REPEATS):
+        for i, p in enumerate(points):
+            tries[i].append(measure_point(api_base, model, p, rng))
+    out = [min(t) for t in tries]
+    for p, m in zip(points, out):
+        log(f"  prompt {p.prompt:>6} cached {p.cached:>6} output {p.output:>4} batch {p.batch:>3}: {m:.3f} s")
     return out
 
 
