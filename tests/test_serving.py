@@ -133,6 +133,7 @@ def test_vllm_replay_and_calibration(tmp_path, model_cache):
 
 @pytest.mark.vllm
 def test_vllm_engines_gone_after_sigint(tmp_path, model_cache):
+    """Ctrl-C in the middle of the replay (requests in flight): exit 130, no traceback, no server left."""
     folder = _two_trajectories(tmp_path)
     env = {**os.environ, "COMEM_MODEL_CACHE": str(model_cache)}
     proc = subprocess.Popen([sys.executable, "-m", "comem_cli", "bench", "latency", "--trajectories", str(folder), *COMMON],
@@ -140,16 +141,16 @@ def test_vllm_engines_gone_after_sigint(tmp_path, model_cache):
     seen, pids = "", []
     deadline = time.monotonic() + 900
     try:
-        while time.monotonic() < deadline:  # until both engines were launched
+        while time.monotonic() < deadline:  # until the replay sends requests to both engines
             line = proc.stdout.readline()
             if not line:
                 break
             seen += line
             pids = _engine_pids(seen)
-            if len(pids) == 2:
+            if "endpoint: full" in line:
                 break
-        assert len(pids) == 2, seen[-3000:]
-        time.sleep(3)  # the engines are starting up
+        assert len(pids) == 2 and "engines ready" in seen, seen[-3000:]
+        time.sleep(8)  # requests in flight
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:
