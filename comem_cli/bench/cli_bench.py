@@ -88,7 +88,9 @@ for _name in BENCHMARKS:
 
 @bench_app.command("latency")
 def latency(
-    serving: str = typer.Option("model", "--serving", help="model (the calibrated cost model, virtual time) | local (tiny real models) | endpoint (real servers).", rich_help_panel=MODEL),
+    serving: str = typer.Option("model", "--serving", help="model (the calibrated cost model, virtual time) | local (tiny real models) | endpoint (real servers) | vllm (comem starts two vLLM engines).", rich_help_panel=MODEL),
+    main_arch: Optional[str] = typer.Option(None, "--main-arch", help="vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id [default: tiny].", rich_help_panel=MODEL),
+    memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="vllm: memory model, as --main-arch [default: tiny].", rich_help_panel=MODEL),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the main model's served name.", rich_help_panel=MODEL),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="endpoint: the main server.", rich_help_panel=MODEL),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", help="endpoint: the memory model's served name.", rich_help_panel=MODEL),
@@ -96,6 +98,7 @@ def latency(
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate (extra hardware beside the main engine) | main (summaries served by the main engine).", rich_help_panel=MODEL),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
+    cost_params: Optional[Path] = typer.Option(None, "--cost-params", help="Cost-model parameters from this JSON file (with --calibrate-engine: where the fit is written).", rich_help_panel=MODEL),
     memory: str = typer.Option(ARM_LIST, "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
     k: str = typer.Option("2", "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch period in steps (default: comem on raw-tail tokens only; sync 2).", rich_help_panel=MEMORY),
@@ -109,6 +112,7 @@ def latency(
     max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
     command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="Seconds per command when the recording has no timings.", rich_help_panel=RUN),
     calibrate: bool = typer.Option(False, "--calibrate", help="Check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%).", rich_help_panel=RUN),
+    calibrate_engine: bool = typer.Option(False, "--calibrate-engine", help="vllm: fit the cost model to the engines, save it (--cost-params FILE), and print predicted vs measured.", rich_help_panel=RUN),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
     """Replay recorded trajectories and time every context arm side by side (no Docker, no agent)."""
@@ -122,5 +126,6 @@ def latency(
         launch_tokens=launch_tokens, raw_budget=raw_budget, prewarm=prewarm, memory_free=memory_free,
         memory_engine=memory_engine, workers=memory_workers, max_steps=max_steps, command_s=command_s,
         summary_tokens=summary_tokens, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
-        memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out)
+        memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out,
+        main_arch=main_arch, memory_arch=memory_arch, calibrate_engine=calibrate_engine, cost_params=cost_params)
     raise typer.Exit(latency_command(settings))

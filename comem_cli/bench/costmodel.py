@@ -470,3 +470,27 @@ class Engine:
     def forget(self, run: Any) -> None:
         """A run ended: its cached prefixes become plain LRU victims (dropped here for simplicity)."""
         self.cache.drop_run(run)
+
+
+# -- parameters in a file (`--cost-params FILE`; written by `--calibrate-engine`, issue 12) -------
+def save_cost_params(params: CostParams, path, meta: dict[str, Any] | None = None) -> None:
+    """Write `params` as JSON: {"main": {...}, "memory": {...}, "meta": {...}}."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**params.model_dump(), "meta": meta or {}}, indent=1))
+
+
+def load_cost_params(path) -> CostParams:
+    """Read a file written by `save_cost_params` (or any JSON with "main" / "memory" EngineParams);
+    a one-line UserError when it is missing or not such a file."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+        return CostParams.model_validate({k: v for k, v in data.items() if k in ("main", "memory")})
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"--cost-params: cannot read {path}: {' '.join(str(e).split())[:160]}") from None

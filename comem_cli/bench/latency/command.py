@@ -19,7 +19,7 @@ from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY
 from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig
 from comem_cli.errors import UserError
 
-SERVINGS = ("model", "local", "endpoint")
+SERVINGS = ("model", "local", "endpoint", "vllm")
 DEFAULT_CONCURRENCY = "1,8,32,128"
 HARDWARE_NOTE = {
     "separate": "the memory model runs on its own engine: extra hardware beside the main engine "
@@ -53,6 +53,11 @@ class LatencySettings(BaseModel):
     memory_model: Optional[str] = None
     memory_api_base: Optional[str] = None
     json_out: Optional[Path] = None
+    # --serving vllm (comem_cli/serving): engines comem starts itself, and the cost model fitted to them
+    main_arch: Optional[str] = None
+    memory_arch: Optional[str] = None
+    calibrate_engine: bool = False
+    cost_params: Optional[Path] = None
 
 
 def parse_int_list(value: str | int | None, flag: str, *, minimum: int) -> list[int]:
@@ -110,6 +115,10 @@ def latency_command(s: LatencySettings) -> int:
     serving = s.serving.strip()
     if serving not in SERVINGS:
         raise UserError(f"--serving must be one of {', '.join(SERVINGS)} (got {serving!r})")
+    if serving == "vllm":  # start vLLM engines, then the endpoint path against them
+        from comem_cli.serving.command import vllm_latency_command
+
+        return vllm_latency_command(latency_command, s)
     concurrencies = parse_int_list(s.concurrency, "--concurrency", minimum=1)
     ks = parse_int_list(s.k, "--k", minimum=0)
     arms = parse_arms(s.arms)
@@ -117,7 +126,12 @@ def latency_command(s: LatencySettings) -> int:
         raise UserError(f"--command-s must be >= 0 (got {s.command_s})")
     if s.summary_tokens < 1:
         raise UserError(f"--summary-tokens must be >= 1 (got {s.summary_tokens})")
-    params = apply_overrides(CostParams(), s.cost_param)
+    if s.cost_params:  # parameters from a file (e.g. written by --calibrate-engine)
+        from comem_cli.bench.costmodel import load_cost_params
+
+        params = apply_overrides(load_cost_params(s.cost_params), s.cost_param)
+    else:
+        params = apply_overrides(CostParams(), s.cost_param)
     paths = list(s.trajectories) or default_trajectories()
     if not paths:
         raise UserError("comem bench latency needs --trajectories PATH (comem run folders or mini-swe-agent *.traj.json)")
