@@ -89,8 +89,8 @@ for _name in BENCHMARKS:
 @bench_app.command("latency")
 def latency(
     serving: str = typer.Option("model", "--serving", help="model (the calibrated cost model, virtual time) | local (tiny real models) | endpoint (real servers) | vllm (comem starts two vLLM engines).", rich_help_panel=MODEL),
-    main_arch: Optional[str] = typer.Option(None, "--main-arch", help="vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id [default: tiny].", rich_help_panel=MODEL),
-    memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="vllm: memory model, as --main-arch [default: tiny].", rich_help_panel=MODEL),
+    main_arch: Optional[str] = typer.Option(None, "--main-arch", help="vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id (default: tiny).", rich_help_panel=MODEL),
+    memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="vllm: memory model, as --main-arch (default: tiny).", rich_help_panel=MODEL),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the main model's served name.", rich_help_panel=MODEL),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="endpoint: the main server.", rich_help_panel=MODEL),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", help="endpoint: the memory model's served name.", rich_help_panel=MODEL),
