@@ -94,15 +94,15 @@ def call_kwargs(model: str, api_base: str | None) -> dict[str, Any]:
 
 def complete(messages: list[dict[str, str]], *, model: str, api_base: str | None = None, max_tokens: int,
              temperature: float = 0.0, timeout_s: float = 600.0, retries: int = 0, backoff_s: float = 1.0,
-             deadline: float | None = None) -> Completion:
-    """One chat completion. Transient errors are retried `retries` times with exponential backoff;
+             deadline: float | None = None, extra_body: dict[str, Any] | None = None) -> Completion:
+    """One chat completion (`extra_body`: server-specific fields, e.g. vLLM's min_tokens). Transient errors are retried `retries` times with exponential backoff;
     each try waits at most `timeout_s` and never past `deadline` (a time.time() value)."""
     litellm = import_litellm()
     transient = exception_types(litellm, TRANSIENT)
     fatal = exception_types(litellm, FATAL)
     overflow = exception_types(litellm, ("ContextWindowExceededError",))
     kwargs = {**call_kwargs(model, api_base), "temperature": temperature, "max_tokens": max_tokens,
-              "num_retries": 0, "max_retries": 0}
+              "num_retries": 0, "max_retries": 0, **({"extra_body": extra_body} if extra_body else {})}
     attempt = 0
     while True:
         timeout = timeout_s

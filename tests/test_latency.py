@@ -387,3 +387,26 @@ def test_prewarm_sends_a_one_token_request_and_never_raises():
         assert server.requests[0]["max_tokens"] == 1 and server.requests[0]["messages"] == messages
     down = LitellmModel(ModelConfig(name="openai/scripted", api_base="http://127.0.0.1:9/v1", timeout_s=5)).prewarm(messages)
     assert down["ok"] is False and down["error"]
+
+
+def test_endpoint_serving_forces_the_recorded_reply_lengths_through_the_llm_helper(tmp_path):
+    """`--serving endpoint` against two real HTTP servers: every request asks for exactly the recorded
+    reply length (max_tokens = min_tokens, ignore_eos), and each arm's row is measured."""
+    from comem_cli.testing.scripted_server import Script, ScriptedServer
+
+    trajs = tmp_path / "trajs"
+    trajs.mkdir()
+    first = sorted(TRAJECTORIES.glob("*/*.traj.json.gz"))[0]
+    (trajs / first.name).write_bytes(first.read_bytes())
+    out = tmp_path / "rows.json"
+    with ScriptedServer(Script(["THOUGHT: ok\n\n```bash\nls\n```"] * 50)) as main, \
+            ScriptedServer(Script(["a summary"] * 50)) as memory:
+        r = run_cli("bench", "latency", "--trajectories", str(trajs), "--serving", "endpoint", "-m", "openai/main",
+                    "--api-base", main.url, "--memory-model", "openai/mem", "--memory-api-base", memory.url,
+                    "--memory", "full,comem", "--concurrency", "1", "--max-steps", "4", "--command-s", "0.01",
+                    "--json", str(out), timeout=300)
+        replies = [b for b in main.requests if b.get("max_tokens", 0) > 1]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert replies and all(b["min_tokens"] == b["max_tokens"] and b["ignore_eos"] is True for b in replies)
+    rows = json.loads(out.read_text())
+    assert {row["arm"] for row in rows} >= {"full", "comem"} and all(row["serving"] == "endpoint" for row in rows)
