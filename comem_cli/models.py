@@ -10,19 +10,14 @@ from typing import Any
 from comem_cli.caching import cache_saving, mark_cache_control
 from comem_cli.config import ModelConfig
 from comem_cli.errors import ApiError, ContextOverflow, TimeLimit, UserError
-from comem_cli.llm import CallDeadline, CallFailed, CallOverflow, import_litellm, short  # noqa: F401  (re-exported)
+from comem_cli.llm import CallDeadline, CallFailed, CallOverflow, Completion, import_litellm, short  # noqa: F401  (re-exported)
 
 
 @dataclass
-class ModelReply:
-    content: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-    start: float
-    end: float
-    cached_tokens: int = 0  # prompt tokens the provider served from its cache
-    cache_saved: float = 0.0  # dollars those cached tokens saved (caching.cache_saving)
+class ModelReply(Completion):
+    """A main-model reply: the completion, and the dollars its cached prompt tokens saved."""
+
+    cache_saved: float = 0.0  # caching.cache_saving
 
 
 class LitellmModel:

@@ -9,12 +9,12 @@
 # Resumable per row: a concurrency whose rows-C.json exists is skipped (delete it to redo).
 # Budget (an estimate: not yet run on a GPU): about ten minutes on one H100: two builds ~2 min the
 # first time, four engine starts, 4 trajectories cut to 12 steps, 0.3 s per command, 256-token summaries.
-# Knobs: OUT, TRAJECTORIES (default: ../shared/data/trajectories/mini-swe-agent), N_TRAJ, PYTHON,
+# Knobs: OUT, TRAJECTORIES (default: the bundled comem_cli/data/trajectories/mini-swe-agent), N_TRAJ, PYTHON,
 #        LEVELS ("1 8 32 128"), MAIN_ARCH (qwen3-8b), MEMORY_ARCH (qwen3-1.7b), MAX_STEPS, ARMS.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$REPO/gpu-latency-out}"
-TRAJ="${TRAJECTORIES:-$REPO/../shared/data/trajectories/mini-swe-agent}"
+TRAJ="${TRAJECTORIES:-$REPO/comem_cli/data/trajectories/mini-swe-agent}"
 LEVELS="${LEVELS:-1 8 32 128}"
 MAIN_ARCH="${MAIN_ARCH:-qwen3-8b}"
 MEMORY_ARCH="${MEMORY_ARCH:-qwen3-1.7b}"
@@ -23,7 +23,7 @@ ARMS="${ARMS:-full,comem}"  # sync is always added (the ratios need it); full,ma
 N_TRAJ="${N_TRAJ:-4}"  # trajectories cycled: max(C, N_TRAJ) runs per row
 VENV="${GPU_VENV:-$REPO/.venv-gpu}"
 mkdir -p "$OUT/trajs"
-ls "$TRAJ"/*.traj.json | head -n "$N_TRAJ" | while read -r f; do cp -n "$f" "$OUT/trajs/"; done
+ls "$TRAJ"/*.traj.json* | head -n "$N_TRAJ" | while read -r f; do cp -n "$f" "$OUT/trajs/"; done
 export COMEM_MODEL_CACHE="${COMEM_MODEL_CACHE:-$OUT/models}"
 
 # 1. CUDA vLLM + comem (bench extra: the Qwen2.5 tokenizer) in their own venv, once.

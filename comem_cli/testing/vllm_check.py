@@ -209,26 +209,9 @@ def start_vllm_server(model_dir: str | Path, port: int, *, timeout: float = 300,
 
 def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM the server's process group (API server + engine core), SIGKILL if it lingers."""
-    import signal
+    from comem_cli.serving.engines import stop_process_group
 
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # The engine-core child may outlive its parent briefly: clear the whole group.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+    stop_process_group(proc, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------- in-process checks
