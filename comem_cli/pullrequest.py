@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from comem_cli.config import SUMMARIZING_ARMS
 from comem_cli.errors import UserError
 from comem_cli.issues import api_base_for, parse_remote
 
@@ -119,7 +120,7 @@ def body(issue, outcome, target: PrTarget) -> str:
             ("cost", f"${r.cost:.4f}"),
             ("prompt cache", summary_line(r.cached_tokens, r.prompt_tokens, r.cache_saved)),
             ("wall time", f"{r.wall_s:.1f} s")]
-    if mem.get("arm") in ("sync", "comem"):
+    if mem.get("arm") in SUMMARIZING_ARMS:
         hidden = mem.get("hidden_fraction")
         rows.append(("memory", f"{mem['arm']}: {mem.get('summaries', 0)} summaries, {mem.get('memory_s', 0):.1f} s of "
                                f"memory-model time, {100 * (hidden or 0):.0f}% hidden, {mem.get('waits', 0)} waits "

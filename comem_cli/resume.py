@@ -168,9 +168,10 @@ def comparable(observation: str) -> str:
 
 
 def restore_memory(context, steps: list[StepRecord], meta: dict[str, Any]) -> int:
-    """Give a MemoryContext the recorded summaries back; relaunch one that was in flight. Returns
-    how many summaries were restored."""
-    from comem_cli.memory.pipeline import _JOB_IDS, Job
+    """Give a MemoryContext's schedule the recorded steps and summaries back (one that was due or in
+    flight is launched again). Returns how many summaries were restored."""
+    from comem_cli.memory.schedule import Job
+    from comem_cli.views import estimate_tokens
 
     records: dict[int, dict[str, Any]] = {}
     sources = [e for s in steps for e in s.memory] + list(meta.get("memory_jobs") or [])
@@ -178,18 +179,15 @@ def restore_memory(context, steps: list[StepRecord], meta: dict[str, Any]) -> in
         if r.get("kind", "job") == "job" and r.get("status") == "done" and isinstance(r.get("summary"), str) \
                 and isinstance(r.get("cutoff"), int) and r["cutoff"] <= len(steps):
             records.setdefault(r["cutoff"], r)
-    for cutoff in sorted(records):
-        r = records[cutoff]
-        job = Job(id=next(_JOB_IDS), cutoff=cutoff, deadline=r.get("deadline", cutoff), queued=r.get("queued") or time.time(),
-                  started=r.get("started"), finished=r.get("finished"), consumed=r.get("consumed"), status="done",
-                  summary=r["summary"])
-        job.done.set()
-        context.jobs.append(job)
-    context.steps = list(steps)
-    n = len(steps)
-    due = n - n % context.every  # the newest launch point the dead run had reached
-    if due > 0 and due > max(records, default=0):
-        context.launch(due)
+    with context.lock:
+        now = context.clock()
+        schedule = context.schedule
+        summaries = [Job(id=next(schedule.ids), cutoff=cutoff, queued=r.get("queued") or now, deadline=r.get("deadline"),
+                         started=r.get("started"), finished=r.get("finished"), consumed=r.get("consumed"), status="done",
+                         summary=r["summary"]) for cutoff, r in sorted(records.items())]
+        schedule.restore([(estimate_tokens(s.response), estimate_tokens(s.observation)) for s in steps], summaries, now)
+        context.steps = list(steps)
+        context._drain()
     return len(records)
 
 

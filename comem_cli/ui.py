@@ -61,7 +61,8 @@ def run_table(outcome) -> Table:
     mem = r.memory or {}
     if mem.get("arm") not in (None, "full", "mask"):
         table.add_row("memory", f"{mem.get('summaries', 0)} summaries, {mem.get('memory_s', 0):.1f} s of memory-model time")
-        table.add_row("hidden", f"{100 * mem.get('hidden_fraction', 0):.0f}% of memory time behind agent work")
+        hidden = mem.get("hidden_fraction")  # None: no memory-model time to hide (e.g. no summary launched)
+        table.add_row("hidden", "-" if hidden is None else f"{100 * hidden:.0f}% of memory time behind agent work")
         table.add_row("waits", f"{mem.get('waits', 0)} ({mem.get('wait_s', 0):.1f} s)")
     elif mem.get("arm"):
         table.add_row("memory", mem["arm"])

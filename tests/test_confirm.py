@@ -31,7 +31,7 @@ def test_run_edit_reply_and_auto_with_the_comem_memory_arm(words_repo, tmp_path,
     out = tmp_path / "runs"
     edited = "python3 -m unittest test_words 2>&1 | tail -1; echo edited-by-user"
     with ScriptedServer(lambda body: SUMMARY) as memory, ScriptedServer(Script(FIX_SCRIPT)) as main:
-        child = spawn(words_repo, out, main.url, "--memory", "comem", "--k", "1", "--memory-backend", "openai",
+        child = spawn(words_repo, out, main.url, "--memory", "comem", "--k", "1", "--every", "1", "--memory-backend", "openai",
                       "--memory-model", "openai/memory", "--memory-api-base", memory.url)
         # Step 0: reply to the model instead of running `ls && cat words.py`.
         child.expect(r"step 0"), child.expect(r"\$ ls && cat words.py"), child.expect(ASK)

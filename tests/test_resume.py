@@ -24,7 +24,7 @@ pytestmark = pytest.mark.docker
 # Step 1 prints something new every time it runs: its replay must be reported as the first difference.
 SCRIPT = [FIX_SCRIPT[0], "THOUGHT: A random token.\n\n```bash\ncat /proc/sys/kernel/random/uuid\n```", *FIX_SCRIPT[2:]]
 SUMMARY = "## Task\nFix count_words.\n## Files and code state\nwords.py uses split(' ').\n## Actions and outcomes\nRead the code.\n## Tests\nFailing."
-MEMORY = ("--memory", "comem", "--k", "1", "--memory-backend", "openai", "--memory-model", "openai/memory")
+MEMORY = ("--memory", "comem", "--k", "1", "--every", "1", "--memory-backend", "openai", "--memory-model", "openai/memory")
 
 
 def one_line_error(r) -> str:

@@ -213,6 +213,19 @@ class Schedule:
         self.observation_tokens.append(observation_tokens)
         self.step_ended.append(now)
         self._waited.clear()
+        self._launch_if_due(now)
+
+    def restore(self, steps: list[tuple[int, int]], summaries: list[Job], now: float) -> None:
+        """A resumed run (`fix --resume`): the recorded steps (response, observation tokens) and the
+        summaries made before, as if this schedule had lived through them; then the launch rule once
+        (a summary that was in flight when the run died is launched again)."""
+        for response, observation in steps:
+            self.response_tokens.append(response)
+            self.observation_tokens.append(observation)
+        self.jobs.extend(summaries)
+        self._launch_if_due(now)
+
+    def _launch_if_due(self, now: float) -> None:
         if self.closed or self.unresponsive:
             return
         n, p = self.n, self.policy
