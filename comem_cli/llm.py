@@ -9,6 +9,7 @@ is fetched at import time; prices of unknown models count as zero.
   garbage); `str()` is one line with the provider's message, shortened.
 - `CallOverflow(CallFailed)`: the prompt is longer than the model's context.
 - `CallDeadline(CallFailed)`: the caller's deadline passed before an answer came.
+- `CallTimeout(CallFailed)`: every try timed out (the memory pipeline stops using such a model).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class CallOverflow(CallFailed):
 
 class CallDeadline(CallFailed):
     pass
+
+
+class CallTimeout(CallFailed):
+    """The provider did not answer within the call's timeout (after the retries)."""
 
 
 def import_litellm():
@@ -101,6 +106,7 @@ def complete(messages: list[dict[str, str]], *, model: str, api_base: str | None
     transient = exception_types(litellm, TRANSIENT)
     fatal = exception_types(litellm, FATAL)
     overflow = exception_types(litellm, ("ContextWindowExceededError",))
+    timeouts = exception_types(litellm, ("Timeout",))
     kwargs = {**call_kwargs(model, api_base), "temperature": temperature, "max_tokens": max_tokens,
               "num_retries": 0, "max_retries": 0, **({"extra_body": extra_body} if extra_body else {})}
     attempt = 0
@@ -122,7 +128,8 @@ def complete(messages: list[dict[str, str]], *, model: str, api_base: str | None
             if timed_out:
                 raise CallDeadline(f"the deadline passed during a model call ({type(e).__name__})") from None
             if attempt >= retries:
-                raise CallFailed(f"{type(e).__name__}: {short(e)} (after {attempt + 1} attempts)") from None
+                failure = CallTimeout if isinstance(e, timeouts) else CallFailed
+                raise failure(f"{type(e).__name__}: {short(e)} (after {attempt + 1} attempts)") from None
             pause = backoff_s * 2**attempt
             if deadline is not None:
                 pause = min(pause, max(0.0, deadline - time.time()))

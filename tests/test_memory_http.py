@@ -75,7 +75,7 @@ def test_memory_failures_never_end_the_run(failure, words_repo, tmp_path, docker
             return SUMMARY
         memory.responder = responder
     try:
-        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, "--memory-timeout", "1.5", "--raw-budget", "400", latency=0.05)
+        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, "--memory-timeout", "0.5", "--raw-budget", "400", latency=0.05)
     finally:
         if failure != "dies":
             memory.stop()

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
+from comem_cli.llm import CallTimeout
 from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
 from comem_cli.memory.transcript import looks_like_summary, memory_messages
 from comem_cli.views import View, build_view, estimate_tokens
@@ -178,7 +179,7 @@ class MemoryContext:
             timed_out = False
         except Exception as e:  # a memory failure never ends the run
             text, error = None, f"{type(e).__name__}: {str(e)[:200]}"
-            timed_out = isinstance(e, TimeoutError) or "Timeout" in type(e).__name__
+            timed_out = isinstance(e, (TimeoutError, CallTimeout)) or "Timeout" in type(e).__name__
         with self.lock:
             wanted = job.status == "running"
             blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
