@@ -142,9 +142,13 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
     run_dir = new_run_dir(output, issue)
     if on_start:
         on_start(run_dir, config.sandbox.image)
-    save_snapshot(run_dir, files)  # what `fix --resume` starts again from
+
+    def prepare(sandbox: Sandbox) -> None:  # inside execute: a signal here still ends with meta.json final
+        save_snapshot(run_dir, files)  # what `fix --resume` starts again from
+        sandbox.copy_repo(files)
+
     try:
-        result, meta = execute(issue.text, config, run_dir, prepare=lambda sandbox: sandbox.copy_repo(files),
+        result, meta = execute(issue.text, config, run_dir, prepare=prepare,
                                backend=backend, on_step=on_step, confirm=confirm,
                                meta={"repo": str(repo.path), "head": repo.head, "pid": os.getpid(), "branch_requested": branch,
                                      "left_out": left_out,
