@@ -246,17 +246,12 @@ class EngineSet:
 
     def _wait_healthy(self, server: Server) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        url = f"http://127.0.0.1:{server.port}/health"
         while time.monotonic() < deadline:
             if server.proc.poll() is not None:
                 raise UserError(f"vLLM engine {server.role} failed to start (exit {server.proc.returncode}): "
                                 f"{last_error_line(server.log_path)} (log {server.log_path})")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if health_ok(server.port):
+                return
             time.sleep(0.5)
         raise UserError(f"vLLM engine {server.role} not healthy after {self.start_timeout_s:.0f} s (log {server.log_path})")
 
@@ -296,6 +291,15 @@ def cpu_cores(role: str) -> str:
 
 def _sigterm_to_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def health_ok(port: int) -> bool:
+    """Whether the server on 127.0.0.1:`port` answers 200 on `/health` (vLLM's readiness check)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:

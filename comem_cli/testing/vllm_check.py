@@ -27,8 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,17 +170,14 @@ def wait_for_vllm_server(proc: subprocess.Popen, port: int | None = None, *, tim
     """Wait until the server's `/health` answers 200. Raises RuntimeError (after stopping it) if it
     exits or is not healthy within `timeout` s."""
     port = port or proc.port  # type: ignore[attr-defined]
-    url = f"http://127.0.0.1:{port}/health"
+    from comem_cli.serving.engines import health_ok
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if health_ok(port):
+            return
         time.sleep(0.25)
     rc = proc.poll()
     stop_vllm_server(proc)
