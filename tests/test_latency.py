@@ -404,9 +404,13 @@ def test_endpoint_serving_forces_the_recorded_reply_lengths_through_the_llm_help
         r = run_cli("bench", "latency", "--trajectories", str(trajs), "--serving", "endpoint", "-m", "openai/main",
                     "--api-base", main.url, "--memory-model", "openai/mem", "--memory-api-base", memory.url,
                     "--memory", "full,comem", "--concurrency", "1", "--max-steps", "4", "--command-s", "0.01",
-                    "--json", str(out), timeout=300)
+                    "--repeat", "2", "--json", str(out), timeout=300)
         replies = [b for b in main.requests if b.get("max_tokens", 0) > 1]
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert replies and all(b["min_tokens"] == b["max_tokens"] and b["ignore_eos"] is True for b in replies)
     rows = json.loads(out.read_text())
     assert {row["arm"] for row in rows} >= {"full", "comem"} and all(row["serving"] == "endpoint" for row in rows)
+    # --repeat 2: every row replayed twice (in two rounds over the plan), its fastest try kept
+    assert "round 2 of 2" in r.stdout
+    assert all(len(row["tries_s"]) == 2 and row["end_to_end_s"] == min(row["tries_s"]) for row in rows)
+    assert len(replies) == 2 * 4 * len(rows)  # 4 steps per row and try (limits included)

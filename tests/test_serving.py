@@ -209,11 +209,15 @@ def test_fit_recovers_a_known_engine():
 
     true = EngineParams(decode_base_s=0.012, decode_per_seq_s=0.001, decode_per_kv_token_s=2e-7, prefill_per_token_s=8e-5,
                         prefill_attn_per_ctx_token=1e-5, cached_token_cost=0.01, chunk_tokens=4096,
-                        kv_capacity_tokens=200_000, max_seqs=64)
+                        kv_capacity_tokens=200_000, max_seqs=64, request_overhead_s=0.03)
     points = grid("cpu", 32768)
     measured = [predict_point(true, p) for p in points]
+    # the per-request overhead is paid once per request, outside the engine's iterations
+    no_overhead = true.model_copy(update={"request_overhead_s": 0.0})
+    assert all(abs(m - predict_point(no_overhead, p) - 0.03) < 1e-9 for p, m in zip(points, measured))
     # cached prefixes are cheaper, batches slower per request: the grid sees both
-    assert measured[2] < measured[0] * 1.01 and max(measured[-2:]) > measured[0]
+    at = {(p.prompt, p.cached, p.output, p.batch): m for p, m in zip(points, measured)}
+    assert at[(256, 192, 8, 1)] < at[(256, 0, 8, 1)] * 1.01 and at[(512, 0, 32, 4)] > at[(256, 0, 8, 1)]
     fitted = fit(EngineParams(chunk_tokens=4096, kv_capacity_tokens=200_000, max_seqs=64), points, measured)
     assert max(abs(e) for e in errors(fitted, points, measured)) < 0.05
 

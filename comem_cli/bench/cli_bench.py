@@ -112,6 +112,7 @@ def latency(
     max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
     command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="Seconds per command when the recording has no timings.", rich_help_panel=RUN),
     calibrate: bool = typer.Option(False, "--calibrate", help="Check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%).", rich_help_panel=RUN),
+    repeat: int = typer.Option(1, "--repeat", min=1, help="endpoint | vllm | local: replay the plan this many times in rounds and keep each row's fastest (wall-clock noise only adds time).", rich_help_panel=RUN),
     calibrate_engine: bool = typer.Option(False, "--calibrate-engine", help="vllm: fit the cost model to the engines, save it (--cost-params FILE), and print predicted vs measured.", rich_help_panel=RUN),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
@@ -124,7 +125,7 @@ def latency(
     settings = LatencySettings(
         trajectories=trajectories or [], serving=serving, concurrency=concurrency, arms=memory, k=k, every=every,
         launch_tokens=launch_tokens, raw_budget=raw_budget, prewarm=prewarm, memory_free=memory_free,
-        memory_engine=memory_engine, workers=memory_workers, max_steps=max_steps, command_s=command_s,
+        memory_engine=memory_engine, repeat=repeat, workers=memory_workers, max_steps=max_steps, command_s=command_s,
         summary_tokens=summary_tokens, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
         memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out,
         main_arch=main_arch, memory_arch=memory_arch, calibrate_engine=calibrate_engine, cost_params=cost_params)

@@ -27,6 +27,10 @@ What it models, for one engine (one server: the main model's, or the memory mode
   queue, so latency grows with load once the cache is full (vLLM preempts instead; queueing is the
   same cost seen from outside).
 
+* **Request overhead.** `request_overhead_s` per request, outside the engine's iterations (HTTP,
+  tokenizing, detokenizing): the caller hears of a finished request that much later. 0 in the
+  paper fit; `--calibrate-engine` fits it (on a CPU build it is a visible share of a short request).
+
 The simulation is fluid between events: an event is an arrival, the end of a request's prefill,
 the end of its reply, or a cancel; between two events the batch is constant, so the engine costs
 O(log n) per event, not per token.
@@ -74,6 +78,8 @@ class EngineParams(BaseModel):
     chunk_tokens: int = Field(8192, ge=1, description="prefill work per iteration (max_num_batched_tokens)")
     kv_capacity_tokens: int = Field(600_000, ge=1, description="KV-cache size in tokens")
     max_seqs: int = Field(256, ge=1, description="most requests running at once (max_num_seqs)")
+    request_overhead_s: float = Field(0.0, ge=0, description="per request, outside the engine's iterations "
+                                      "(HTTP, tokenizing, detokenizing; fitted by --calibrate-engine)")
     prefix_caching: bool = True
 
 
@@ -185,7 +191,8 @@ def request_latency(p: EngineParams, prompt: int, output: int, *, cached: int = 
     """Steady-state latency of one request among `batch` similar ones (no queueing for the cache)."""
     context = prompt + output // 2
     waves = max(1.0, batch * (prompt + output) / p.kv_capacity_tokens)  # cache full: requests run in waves
-    return waves * (prefill_time(p, prompt - cached, cached) + output * decode_iteration_time(p, min(batch, p.max_seqs), context))
+    return (waves * (prefill_time(p, prompt - cached, cached) + output * decode_iteration_time(p, min(batch, p.max_seqs), context))
+            + p.request_overhead_s)
 
 
 # -- the event-driven engine ------------------------------------------------------------------------
@@ -422,14 +429,18 @@ class Engine:
                 del self.running[r.run]
 
     def _finish(self, r: Request) -> None:
-        r.finished = self.clock.now
+        """The engine is done with `r`; its caller hears of it `request_overhead_s` later."""
+        r.finished = self.clock.now + self.p.request_overhead_s
         self._release(r)
         if self.p.prefix_caching:
             pieces = r.pieces + ((r.reply_piece,) if r.reply_piece else ())
             self.cache.put(r.run, r.kind, pieces, r.prompt_tokens + r.output_tokens)
             self.cache.evict_to(self.p.kv_capacity_tokens - self.used)
         if r.on_done:
-            r.on_done(r)
+            if self.p.request_overhead_s:
+                self.clock.at(r.finished, lambda r=r: r.on_done and r.on_done(r))
+            else:
+                r.on_done(r)
 
     # -- the interface
     def submit(self, r: Request) -> Request:

@@ -9,7 +9,7 @@ wall-clock times (client side: HTTP included), the fastest of `REPEATS` tries ma
 separate rounds over the grid (interference from other processes only adds time).
 
 The fit: the same event-driven engine the replay uses (`costmodel.Engine`) replays each grid
-point (`predict_point`); the six time parameters of `FIT_NAMES` are fitted by the pattern search
+point (`predict_point`); the seven time parameters (the per-request overhead included) of `FIT_NAMES` are fitted by the pattern search
 of `comem_cli.bench.latency.fit_engines` (log space, factor 2 square-rooted when a sweep finds
 nothing) to minimise the squared log error over the grid; KV capacity, max_seqs and chunk size
 are the engine's own (`/metrics` cache_config_info and the flags). `FIT_TOLERANCE` is the check
@@ -32,7 +32,7 @@ from comem_cli.bench.costmodel import Clock, CostParams, Engine, EngineParams, R
 from comem_cli.errors import UserError
 
 FIT_NAMES = ("decode_base_s", "decode_per_seq_s", "decode_per_kv_token_s", "prefill_per_token_s",
-             "prefill_attn_per_ctx_token", "cached_token_cost")
+             "prefill_attn_per_ctx_token", "cached_token_cost", "request_overhead_s")
 FIT_TOLERANCE = 0.35  # mean |predicted / measured - 1| over the grid (CPU runs on a shared machine are noisy)
 SPEEDUP_TOLERANCE = 0.15  # the issue's target: predicted speed-up vs full within 15% of the measured one
 REPEATS = 3
@@ -48,11 +48,13 @@ class Point:
 
 
 def grid(device: str, max_model_len: int) -> list[Point]:
-    """A small grid: on a CPU (tiny shapes) ~10 points, on a GPU ~16."""
+    """A small grid: on a CPU (tiny shapes) 12 points, on a GPU 16. The output lengths reach those
+    of the replay (agent replies of a few hundred tokens, summaries longer), so that the per-token
+    decode cost is fitted on long decodes and the fixed per-request cost on short ones."""
     if device == "cpu":
-        prompts, outputs, batches, bprompt, bout = (256, 1024), (8, 32), (4,), 512, 16
+        prompts, outputs, batches, bprompts, bout = (256, 2048), (8, 32, 256), (4,), (512, 2048), 32
     else:
-        prompts, outputs, batches, bprompt, bout = (512, 4096, 16384), (16, 128), (8, 32), 2048, 64
+        prompts, outputs, batches, bprompts, bout = (512, 4096, 16384), (16, 128, 512), (8, 32), (2048,), 64
     points = []
     for p in prompts:
         if p + max(outputs) >= max_model_len:
@@ -60,9 +62,10 @@ def grid(device: str, max_model_len: int) -> list[Point]:
         for o in outputs:
             points.append(Point(p, 0, o))
         points.append(Point(p, p // 16 * 12, outputs[0]))  # three quarters of it cached (whole blocks)
-    for b in batches:
-        points.append(Point(bprompt, 0, bout, b))
-        points.append(Point(bprompt, bprompt // 16 * 12, bout, b))
+    for b in batches:  # batched decoding over short and long contexts (the KV-read cost per token)
+        for bprompt in bprompts:
+            points.append(Point(bprompt, 0, bout, b))
+            points.append(Point(bprompt, bprompt // 16 * 12, bout, b))
     return points
 
 
@@ -162,6 +165,8 @@ def initial_guess(base: EngineParams, points: list[Point], measured: list[float]
     outs = sorted(by_prompt[p0])
     if len(outs) >= 2:
         values["decode_base_s"] = max((by_prompt[p0][outs[-1]] - by_prompt[p0][outs[0]]) / (outs[-1] - outs[0]), 1e-5)
+        # what the shortest request costs beyond its decode steps (a floor: the fit can lower it)
+        values["request_overhead_s"] = max(by_prompt[p0][outs[0]] - outs[0] * values["decode_base_s"], 0.0) / 2
     if len(by_prompt) >= 2:
         p1 = max(by_prompt)
         o = min(by_prompt[p1])
@@ -171,6 +176,7 @@ def initial_guess(base: EngineParams, points: list[Point], measured: list[float]
     values["decode_per_kv_token_s"] = max(values["decode_per_kv_token_s"], 1e-10)
     values["prefill_attn_per_ctx_token"] = max(values["prefill_attn_per_ctx_token"], 1e-7)
     values["cached_token_cost"] = max(values["cached_token_cost"], 1e-3)
+    values["request_overhead_s"] = max(values["request_overhead_s"], 1e-4)  # the search scales it: never from 0
     return EngineParams.model_validate(values)
 
 

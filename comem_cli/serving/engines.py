@@ -41,7 +41,7 @@ VENV_VLLM = REPO / ".venv-vllm"
 START_TIMEOUT_S = float(os.environ.get("COMEM_ENGINE_START_TIMEOUT", "900"))
 
 # Per-device settings. CPU: eager, float32 (no AVX-512 bf16 needed), an explicit small KV cache
-# (which also skips the CPU warm-up pass), each engine's OpenMP threads on their own cores
+# (which also skips the CPU warm-up pass), each engine's whole process (OpenMP threads included) on its own cores
 # (`cpu_cores`; VLLM_CPU_OMP_THREADS_BIND in the environment wins). GPU: bfloat16, CUDA graphs, a share of the card's memory each.
 CPU_SETTINGS = {"max_model_len": 32768, "max_num_seqs": 64, "max_num_batched_tokens": 4096,
                 "kv_cache_bytes": {"main": 256 * 1024**2, "memory": 128 * 1024**2}}
@@ -128,6 +128,19 @@ def _pdeathsig():  # pragma: no cover - runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+def _child_setup(cores: str | None):
+    """What the server's process does between fork and exec: die with its parent and, on a CPU,
+    keep the whole process (its Python threads too, not only vLLM's OpenMP ones) on its cores."""
+    def setup():  # pragma: no cover - runs in the child
+        _pdeathsig()
+        if cores and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
+            except (OSError, ValueError):
+                pass
+    return setup
 
 
 @dataclass
@@ -242,7 +255,7 @@ class EngineSet:
         with open(server.log_path, "wb") as log:
             server.proc = subprocess.Popen(server.command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                           preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
+                                           preexec_fn=_child_setup(server.info.get("cpu_cores")) if sys.platform.startswith("linux") else None)
 
     def _wait_healthy(self, server: Server) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -279,8 +292,10 @@ class EngineSet:
 
 
 def cpu_cores(role: str) -> str:
-    """Disjoint cores for the two CPU engines (vLLM's OpenMP threads spin: two engines on the same
-    cores slow each other down): the main engine the first half, the memory engine the rest."""
+    """Disjoint cores for the two CPU engines, the whole process pinned (vLLM's OpenMP threads spin,
+    and with a tiny model its Python scheduler is most of a step: two engines whose threads float
+    over the same cores slow each other down, which separate hardware would not): the main engine
+    the first half, the memory engine the rest."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if len(cores) < 2:
         return ",".join(map(str, cores))

@@ -42,6 +42,7 @@ class LatencySettings(BaseModel):
     prewarm: Optional[bool] = False
     memory_free: bool = False
     memory_engine: Literal["separate", "main"] = "separate"
+    repeat: int = Field(1, ge=1)  # wall-clock servings: rounds over the plan, the fastest of each row kept
     workers: int = DEFAULT_MEMORY_WORKERS
     max_steps: int = 100
     command_s: float = DEFAULT_COMMAND_S
@@ -176,13 +177,25 @@ def latency_command(s: LatencySettings) -> int:
         header += f"; {HARDWARE_NOTE[s.memory_engine]}"
         if serving == "local":
             plan = [v for v in plan if not v.prewarm]  # no prefix cache in the local servers
-        for c in concurrencies:
-            for v in plan:
-                console.print(f"[dim]{serving}: {v.arm}{' (limit)' if v.free else ''} k={v.k} concurrency {c} prewarm {v.prewarm}...[/dim]")
-                rows.append(replay_realtime(replays, v, c, main_server=main_server, memory_server=memory_server,
-                                            workload=workload, config=config, serving=serving, reply_cap=reply_cap,
-                                            summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
-                                            prewarm_config=prewarm_config))
+        # `--repeat N`: N rounds over the whole plan (a burst of interference from other processes
+        # spreads over rows instead of hitting every try of one), then the fastest try of each row:
+        # interference only adds time.
+        best: dict[tuple, dict[str, Any]] = {}
+        for round_ in range(s.repeat):
+            for c in concurrencies:
+                for v in plan:
+                    console.print(f"[dim]{serving}: {v.arm}{' (limit)' if v.free else ''} k={v.k} concurrency {c} prewarm {v.prewarm}"
+                                  f"{f' (round {round_ + 1} of {s.repeat})' if s.repeat > 1 else ''}...[/dim]")
+                    row = replay_realtime(replays, v, c, main_server=main_server, memory_server=memory_server,
+                                          workload=workload, config=config, serving=serving, reply_cap=reply_cap,
+                                          summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
+                                          prewarm_config=prewarm_config)
+                    row["tries_s"] = best.get((c, v), {}).get("tries_s", []) + [row["end_to_end_s"]]
+                    if (c, v) not in best or row["end_to_end_s"] < best[(c, v)]["end_to_end_s"]:
+                        best[(c, v)] = row
+                    else:
+                        best[(c, v)]["tries_s"] = row["tries_s"]
+        rows.extend(best.values())
     add_ratios(rows)
     print_report(rows, header)
     print_summary(rows)
