@@ -18,7 +18,7 @@ from comem_cli.agent import Agent, RunResult, cut_middle
 from comem_cli.config import SUMMARIZING_ARMS, RunConfig
 from comem_cli.errors import EnvironmentFailure, UserError
 from comem_cli.issues import Issue
-from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryContext
+from comem_cli.memory.pipeline import context_for
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
@@ -50,13 +50,8 @@ def new_run_dir(output: Path, issue: Issue) -> Path:
 
 def make_context(config: RunConfig, system: str, task: str, backend=None, model: LitellmModel | None = None):
     """The arm's context strategy; the summarizing arms need a memory backend (see memory/backends.py)."""
-    arm = config.memory.arm
-    if arm == "full":
-        return FullContext(system, task)
-    if arm == "mask":
-        return MaskContext(system, task, config.memory.mask_window)
     prewarm = model.prewarm if (model is not None and config.memory.prewarm) else None
-    return MemoryContext(config.memory, system, task, backend, prewarm=prewarm)
+    return context_for(config.memory, system, task, backend, prewarm=prewarm)
 
 
 def load_memory_backend(config: RunConfig, backend=None):

@@ -149,6 +149,17 @@ def test_vllm_engines_gone_after_sigint(tmp_path, model_cache):
             if "endpoint: full" in line:
                 break
         assert len(pids) == 2 and "engines ready" in seen, seen[-3000:]
+        # on a CPU each engine's whole process (every thread) is pinned to the cores it printed
+        printed = dict(re.findall(r"engine (main|memory): pid \d+ port \d+ cores ([\d,]+)", seen))
+        if len(os.sched_getaffinity(0)) >= 2:
+            assert set(printed) == {"main", "memory"} and printed["main"] != printed["memory"], seen[-3000:]
+            for role, pid in zip(("main", "memory"), pids):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    try:
+                        allowed = os.sched_getaffinity(int(task.name))
+                    except ProcessLookupError:  # a thread that just ended
+                        continue
+                    assert allowed == {int(c) for c in printed[role].split(",")}, (role, task.name, allowed)
         time.sleep(8)  # requests in flight
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)

@@ -110,6 +110,18 @@ class MaskContext(FullContext):
         return build_view(self.system, self.task, steps, mask_before=mask_before), []
 
 
+def context_for(config: MemoryConfig, system: str, task: str, backend=None, *, pool=None,
+                prewarm: Callable[[list[dict[str, str]]], dict[str, Any]] | None = None):
+    """The context strategy of `config.arm`: FullContext, MaskContext, or a MemoryContext (the
+    summarizing arms; they need `backend`). The one place an arm becomes a context (comem fix,
+    bench, and the latency replays)."""
+    if config.arm == "full":
+        return FullContext(system, task)
+    if config.arm == "mask":
+        return MaskContext(system, task, window=config.mask_window)
+    return MemoryContext(config, system, task, backend, pool=pool, prewarm=prewarm)
+
+
 class MemoryContext:
     """Arms `sync`, `paper`, `threshold` and `comem`: the schedule driven by threads and the wall clock."""
 

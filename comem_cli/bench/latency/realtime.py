@@ -19,7 +19,7 @@ from typing import Any, Callable
 from comem_cli.bench.latency.results import RunStat, StepStat, Variant, summarize_runs
 from comem_cli.bench.latency.workload import Replay, Workload, summary_text
 from comem_cli.config import MemoryConfig
-from comem_cli.memory.pipeline import FullContext, MaskContext, MemoryPool
+from comem_cli.memory.pipeline import MemoryPool, context_for
 
 LOCAL_MAX_PROMPT = 1024  # tiny-model tokens kept (the end of the prompt) in --serving local
 LOCAL_MAX_REPLY = 24  # forced reply tokens per main call in --serving local
@@ -85,7 +85,6 @@ class _ServedMemory:
 def replay_realtime(replays: list[Replay], v: Variant, concurrency: int, *, main_server, memory_server,
                     workload: Workload, config: MemoryConfig, serving: str, reply_cap: int | None,
                     summary_tokens: int, prewarm_config=None) -> dict[str, Any]:
-    from comem_cli.memory.pipeline import MemoryContext
     from comem_cli.rollouts import Span, StepRecord, ViewInfo
 
     n_runs = max(len(replays), concurrency)
@@ -98,20 +97,15 @@ def replay_realtime(replays: list[Replay], v: Variant, concurrency: int, *, main
     def one_run(replay: Replay) -> RunStat:
         stat = RunStat(start=time.time())
         steps: list = []
-        if v.arm == "full":
-            ctx = FullContext(replay.system, replay.task)
-        elif v.arm == "mask":
-            ctx = MaskContext(replay.system, replay.task, window=config.mask_window)
-        else:
-            mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens})
+        mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens})
+        backend = warm = None
+        if v.summarizes:
             backend = _ServedMemory(None if v.free else memory_server, summary_tokens, lambda c: summary_text(summary_tokens, c, replay.id))
-            warm = None
             if v.prewarm and prewarm_config is not None:  # the pipeline's own pre-warm hook
                 from comem_cli.models import LitellmModel
 
                 warm = LitellmModel(prewarm_config).prewarm
-
-            ctx = MemoryContext(mconfig, replay.system, replay.task, backend, pool=pool, prewarm=warm)
+        ctx = context_for(mconfig, replay.system, replay.task, backend, pool=pool, prewarm=warm)
         for n, step in enumerate(replay.steps):
             view, events = ctx.prepare(steps)
             wait_s = sum(e["end"] - e["start"] for e in events if e.get("kind") == "wait")
