@@ -2,7 +2,9 @@
 backends (transformers, vLLM) use to admit and size a request.
 
 A backend takes OpenAI-style messages and returns the summary text; `cancel` makes a waiting or
-running request raise `Cancelled`; `close` frees the model. The factory that picks and builds a
+running request raise `Cancelled`; `close` frees the model. A request that timed out raises
+`TimeoutError` or `comem_cli.llm.CallTimeout` (the pipeline then stops using the memory model in
+that run); any other exception is an ordinary failure. The factory that picks and builds a
 backend is `comem_cli.memory.backends`.
 """
 

@@ -191,7 +191,7 @@ class MemoryContext:
             timed_out = False
         except Exception as e:  # a memory failure never ends the run
             text, error = None, f"{type(e).__name__}: {str(e)[:200]}"
-            timed_out = isinstance(e, (TimeoutError, CallTimeout)) or "Timeout" in type(e).__name__
+            timed_out = isinstance(e, (TimeoutError, CallTimeout))  # the backends' contract (memory/base.py)
         with self.lock:
             wanted = job.status == "running"
             blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
