@@ -283,3 +283,70 @@ def test_a_hanging_or_garbage_memory_model_leaves_a_run_no_slower_than_full(faul
     if fault == "hang":
         assert any(e["kind"] == "memory_unresponsive" for e in events)
     assert json.loads((run.path / "meta.json").read_text())["status"] == "submitted"
+
+
+def test_the_memory_pool_serves_the_best_priority_first():
+    """Schedule rule 7 in the pool: with its one worker busy, queued tasks run lowest priority value
+    first (read when the worker frees up), ties first come, first served."""
+    pool = MemoryPool(1, name="test-priority")
+    release, order = threading.Event(), []
+    done = threading.Event()
+    pool.submit(lambda: release.wait(timeout=10))
+    time.sleep(0.05)  # the worker holds the blocker
+    levels = {"a": 5, "b": 1, "c": 3, "d": 1}
+    for name in "abcd":
+        pool.submit(lambda name=name: order.append(name), priority=lambda name=name: levels[name])
+    levels["a"] = 0  # read at dequeue time, not at submit time
+    pool.submit(done.set, priority=lambda: 9)
+    release.set()
+    assert done.wait(timeout=10)
+    pool.close()
+    assert order == ["a", "b", "d", "c"]
+
+
+def test_memory_requests_carry_their_priority_to_the_server_and_fall_back_without_it():
+    """The OpenAI-compatible backend sends the schedule's priority as vLLM's `priority` field; a
+    server that rejects it (vLLM's FCFS policy) gets the request again without it, and no more."""
+    from comem_cli.memory.openai_backend import OpenAIBackend
+    from comem_cli.testing.scripted_server import ScriptedServer
+
+    summary = "## Task\nfix the bug; files read: a.py, b.py; tests pass so far."
+    with ScriptedServer(lambda body: summary) as server:
+        backend = OpenAIBackend("openai/mem", server.url, timeout_s=10)
+        assert backend.summarize([{"role": "user", "content": "x"}], max_tokens=64, request_id="r1", priority=3) == summary
+        assert server.requests[-1]["priority"] == 3
+    rejecting = ScriptedServer(lambda body: summary, fail_first=[400],
+                               error_message="Got priority 3 but Priority scheduling is not enabled.")
+    with rejecting as server:
+        backend = OpenAIBackend("openai/mem", server.url, timeout_s=10)
+        assert backend.summarize([{"role": "user", "content": "x"}], max_tokens=64, request_id="r1", priority=3) == summary
+        backend.summarize([{"role": "user", "content": "y"}], max_tokens=64, request_id="r2", priority=1)
+        assert ["priority" in body for body in server.requests] == [True, False, False]
+
+
+def test_memory_context_sends_each_job_its_schedule_priority():
+    """MemoryContext passes `priority=` to a backend that takes it: the value the schedule set on the job."""
+
+    class Recording(GateBackend):
+        takes_priority = True
+
+        def __init__(self):
+            super().__init__()
+            self.priorities = []
+
+        def summarize(self, messages, *, max_tokens, request_id, priority=None):
+            self.priorities.append(priority)
+            self.gate(request_id).set()
+            return super().summarize(messages, max_tokens=max_tokens, request_id=request_id)
+
+    backend = Recording()
+    ctx = MemoryContext(MemoryConfig(arm="comem", k=1, every=2, launch_tokens=0), "sys", "task", backend, pool=POOL)
+    steps = []
+    for i in range(4):
+        ctx.prepare(steps)
+        steps.append(make_step(i))
+        ctx.completed(steps)
+        time.sleep(0.05)
+    ctx.close()
+    assert backend.priorities and all(isinstance(p, int) and p >= 1 for p in backend.priorities)
+    assert backend.priorities == [j.priority for j in ctx.jobs if j.started is not None]

@@ -22,6 +22,10 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    launch hold that many tokens (`threshold`: when the raw tail reaches 80% of the budget). At most
    one job per run runs; launches behind it wait as `queued`, and when a memory worker becomes
    free the newest queued launch runs and older queued ones are `superseded` (they would be stale).
+   When the memory model is served by the main engine itself (`memory_engine="main"`, comem only),
+   a token-triggered launch must also pay off there (`_pays_off`): the decode work it spares the
+   agent's next calls (mean reply tokens x tokens it removes from the view x steps ahead, taken as
+   the steps so far) must exceed the decode work of writing it (summary tokens x its context).
 2. Deadline waits (`sync`: k = 0, `paper`: k = 1 only). Preparing step n, the newest job with
    cut-off + k <= n that is still unfinished is waited for.
 3. Budget. If the raw tail after the newest finished summary is over `wait_tokens`
@@ -36,6 +40,12 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    thanks to that headroom) until the next summary swap: between two moves or swaps the prompt
    only grows at its end. Every over-budget step is recorded as a mask fallback.
 6. View. The newest finished summary and the raw tail after its cut-off: every step is in the view.
+7. Priority. A run's memory request carries the priority `priority(now)` (vLLM's convention: lower
+   is served first; the agent's own calls are 0, so a memory request is never ahead of one): 1 when
+   the raw tail after the newest summary fills the budget, up to 1 + PRIORITY_LEVELS when it is
+   empty. The memory pools serve their queued runs in that order, and the request sends it to the
+   memory server (vLLM `--scheduling-policy priority`), so a saturated memory engine serves first the
+   run that needs its summary most.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from comem_cli.config import PAPER_EVERY, PAPER_K, THRESHOLD_BLOCK, THRESHOLD_ST
 from comem_cli.views import MASK_PLACEHOLDER, estimate_tokens
 
 MASK_HEADROOM = 0.75  # a mask fallback elides observations until the tail fits in this share of the budget
+PRIORITY_LEVELS = 8  # memory-request priorities 1 (tail at the budget) .. 1 + PRIORITY_LEVELS (empty tail)
 LIVE = ("queued", "running")
 
 
@@ -65,6 +76,9 @@ class Policy:
     stale: int  # a budget wait only on a job at least this many steps old (comem's k)
     blocking: bool  # budget waits whatever the memory model's measured speed (sync, paper, threshold)
     timeout_s: float
+    shared: bool = False  # the memory model is served by the main engine: launches must pay off there
+    summary_tokens: int = 2048
+    observation_cap: int = 500  # tokens of an observation the memory model sees (max_observation_chars / 4)
 
 
 def policy_for(config: MemoryConfig) -> Policy:
@@ -84,7 +98,9 @@ def policy_for(config: MemoryConfig) -> Policy:
                       **{**common, "launch_from": "summary"})
     if arm == "comem":
         return Policy(arm="comem", every=config.every, launch_tokens=config.launch_tokens or None, deadline=None,
-                      wait_tokens=budget, stale=config.k, blocking=False, **common)
+                      wait_tokens=budget, stale=config.k, blocking=False, shared=config.memory_engine == "main",
+                      summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
+                      **common)
     raise ValueError(f"arm {arm!r} does not summarize")
 
 
@@ -100,6 +116,7 @@ class Job:
     finished: float | None = None
     consumed: float | None = None
     status: str = "queued"  # queued | running | done | failed | timeout | superseded | cancelled
+    priority: int | None = None  # the memory request's priority, set when it starts (rule 7)
     error: str | None = None
     summary: str | None = field(default=None, repr=False)
     request: Any = field(default=None, repr=False)  # the driver's handle (a simulated request)
@@ -109,7 +126,7 @@ class Job:
         return self.status in LIVE
 
     def record(self) -> dict[str, Any]:
-        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error")
+        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error", "priority")
         return {"kind": "job", **{k: getattr(self, k) for k in keep},
                 "summary_tokens": estimate_tokens(self.summary or ""), "summary": self.summary}
 
@@ -209,8 +226,8 @@ class Schedule:
     # -- the driver's calls ----------------------------------------------------------------------
     def completed(self, response_tokens: int, observation_tokens: int, now: float) -> None:
         """Step n-1 ended (n = steps so far): launch if the period or the token trigger says so."""
-        self.response_tokens.append(response_tokens)
-        self.observation_tokens.append(observation_tokens)
+        self.observation_tokens.append(observation_tokens)  # before response_tokens, which sets n: a
+        self.response_tokens.append(response_tokens)        # pool thread reading priority() needs both
         self.step_ended.append(now)
         self._waited.clear()
         self._launch_if_due(now)
@@ -232,6 +249,7 @@ class Schedule:
         due = p.every is not None and n % p.every == 0
         if p.launch_tokens is not None and self.raw_tokens(self.covered()) >= p.launch_tokens:
             due = due or p.launch_from == "launch" or not any(j.live for j in self.jobs)
+            due = due and (not p.shared or self._pays_off())
         if due and n > self.covered():
             self.launch(now)
 
@@ -254,7 +272,14 @@ class Schedule:
             self._end(old, "superseded", now)
         job = queued[-1]
         job.status, job.started = "running", now
+        job.priority = self.priority()
         return job
+
+    def priority(self) -> int:
+        """Rule 7: this run's memory-request priority now (lower is served first; agent calls are 0)."""
+        best = self.best()
+        tail = self.raw_tokens(best.cutoff if best else 0)
+        return 1 + int(PRIORITY_LEVELS * max(0.0, 1.0 - tail / self.policy.budget))
 
     def finish(self, job: Job, now: float, *, summary: str | None = None, error: str | None = None,
                timed_out: bool = False) -> None:
@@ -315,6 +340,15 @@ class Schedule:
     def _failing(self) -> bool:
         ended = [j for j in self.jobs if not j.live and j.status != "superseded"]
         return bool(ended) and ended[-1].status in ("failed", "timeout")
+
+    def _pays_off(self) -> bool:
+        """Rule 1, memory on the main engine: a summary of steps 0..n-1 spares more decode work than it costs."""
+        n, summary = self.n, self.policy.summary_tokens
+        best = self.best()
+        removed = self.raw_tokens(best.cutoff) if best else self.raw_tokens(0) - summary
+        reply = sum(self.response_tokens) / n
+        context = sum(self.response_tokens) + sum(min(o, self.policy.observation_cap) for o in self.observation_tokens)
+        return reply * removed * n > summary * (context + summary / 2)
 
     def _worth_waiting(self, job: Job, now: float) -> bool:
         p = self.policy

@@ -11,7 +11,6 @@ real `MemoryPool`), requests to the engines, and blocking where the schedule say
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from typing import Any, Callable
 
 from comem_cli.bench.costmodel import Clock, CostParams, Engine, Request
@@ -60,15 +59,16 @@ class _Proc:
 
 
 class VirtualPool:
-    """The memory thread pool in virtual time: `workers` slots, tickets served first come, first served
-    (as `MemoryPool`)."""
+    """The memory thread pool in virtual time: `workers` slots, tickets served as `MemoryPool` serves
+    them (the best priority read when a slot frees up, then first come, first served)."""
 
     def __init__(self, workers: int):
         self.free = workers
-        self.queue: deque[Callable[[], bool]] = deque()  # a ticket returns True when it occupies the slot
+        self.queue: list[tuple[int, Callable[[], bool], Callable[[], int] | None]] = []  # a ticket returns True
+        self.seq = itertools.count()                                                   # when it occupies the slot
 
-    def submit(self, ticket: Callable[[], bool]) -> None:
-        self.queue.append(ticket)
+    def submit(self, ticket: Callable[[], bool], priority: Callable[[], int] | None = None) -> None:
+        self.queue.append((next(self.seq), ticket, priority))
         self._run()
 
     def release(self) -> None:
@@ -77,9 +77,10 @@ class VirtualPool:
 
     def _run(self) -> None:
         while self.free and self.queue:
-            ticket = self.queue.popleft()
+            best = min(self.queue, key=lambda t: (t[2]() if t[2] is not None else 0, t[0]))
+            self.queue.remove(best)
             self.free -= 1
-            if not ticket():
+            if not best[1]():
                 self.free += 1
 
 
@@ -135,7 +136,8 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
         elif v.arm == "mask":
             ctx = MaskContext(replay.system, replay.task, window=config.mask_window)
         else:
-            mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens})
+            mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
+                                                "memory_engine": memory_engine, "max_summary_tokens": workload.summary_tokens})
             schedule = Schedule(policy_for(mconfig), ids=ids)
 
             def finished(job, now):
@@ -164,15 +166,15 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
 
                 previous = schedule.best() if mconfig.incremental else None
                 pieces = workload.memory_pieces(replay, job.cutoff, previous.cutoff if previous is not None else None)
-                job.request = Request(run=("memory", run_id), pieces=pieces,
-                                      output_tokens=workload.summary_tokens, on_done=done)
+                job.request = Request(run=("memory", run_id), pieces=pieces, output_tokens=workload.summary_tokens,
+                                      on_done=done, priority=job.priority or 0)
                 memory.submit(job.request)
                 return True
 
             def drain():
                 for command in schedule.drain():
                     if isinstance(command, Submit):
-                        pool.submit(ticket)
+                        pool.submit(ticket, priority=schedule.priority)
                     elif isinstance(command, Cancel):
                         request = command.job.request
                         if request is not None and request.finished is None and not request.cancelled:
