@@ -230,10 +230,12 @@ def test_memory_priority_rises_with_the_raw_tail_and_resets_with_a_summary():
 def test_on_the_main_engine_a_launch_waits_until_it_pays_off():
     """Rule 1 with memory_engine="main": 400-token replies, 800 tokens a step, 1,024-token summaries.
     A separate engine launches at 2,000 uncovered tokens (after step 3); on the main engine the first
-    launch is after step 5, the first n with 400 * (800n - 1024) * n > 1024 * (800n + 512)."""
+    launch is after step 7, the first n with 400 * (800n - 1024) * n > 2 * 1024 * (800n + 512)
+    (PAYOFF_MARGIN 2); there memory requests carry no priority (rule 7)."""
     first = {}
     for engine in ("separate", "main"):
         config = MemoryConfig(arm="comem", launch_tokens=2000, max_summary_tokens=1024, memory_engine=engine)
         run = drive(config, [1.0] * 10, [(400, 400)] * 10, [0.5])
         first[engine] = run.schedule.jobs[0].cutoff
-    assert first == {"separate": 3, "main": 5}
+        assert all((j.priority is None) == (engine == "main") for j in run.schedule.jobs if j.started is not None)
+    assert first == {"separate": 3, "main": 7}

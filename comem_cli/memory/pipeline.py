@@ -188,7 +188,7 @@ class MemoryContext:
                                            previous=previous.summary, max_observation_chars=cut)
             else:
                 messages = memory_messages(self.task, history, max_observation_chars=cut)
-            extra = {"priority": job.priority} if getattr(self.backend, "takes_priority", False) else {}
+            extra = {"priority": job.priority} if job.priority is not None and getattr(self.backend, "takes_priority", False) else {}
             text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}",
                                           **extra)
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"

@@ -25,7 +25,9 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    When the memory model is served by the main engine itself (`memory_engine="main"`, comem only),
    a token-triggered launch must also pay off there (`_pays_off`): the decode work it spares the
    agent's next calls (mean reply tokens x tokens it removes from the view x steps ahead, taken as
-   the steps so far) must exceed the decode work of writing it (summary tokens x its context).
+   the steps so far) must be PAYOFF_MARGIN times the decode work of writing it (summary tokens x
+   its context); the margin covers what the estimate leaves out (the summary's prefill, and the
+   prefix-cache break of each swap, after which the raw tail is prefilled again).
 2. Deadline waits (`sync`: k = 0, `paper`: k = 1 only). Preparing step n, the newest job with
    cut-off + k <= n that is still unfinished is waited for.
 3. Budget. If the raw tail after the newest finished summary is over `wait_tokens`
@@ -45,7 +47,9 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    the raw tail after the newest summary fills the budget, up to 1 + PRIORITY_LEVELS when it is
    empty. The memory pools serve their queued runs in that order, and the request sends it to the
    memory server (vLLM `--scheduling-policy priority`), so a saturated memory engine serves first the
-   run that needs its summary most.
+   run that needs its summary most. Not on the main engine (`memory_engine="main"`): there a worse
+   priority gets a summary preempted by every agent call and written again, so it goes without one
+   (`Job.priority` None).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from comem_cli.views import MASK_PLACEHOLDER, estimate_tokens
 
 MASK_HEADROOM = 0.75  # a mask fallback elides observations until the tail fits in this share of the budget
 PRIORITY_LEVELS = 8  # memory-request priorities 1 (tail at the budget) .. 1 + PRIORITY_LEVELS (empty tail)
+PAYOFF_MARGIN = 2.0  # memory on the main engine: a launch spares this many times its decode work (measured)
 LIVE = ("queued", "running")
 
 
@@ -85,7 +90,7 @@ def policy_for(config: MemoryConfig) -> Policy:
     arm, budget = config.arm, config.raw_budget
     if arm == "comem" and config.k == 0:
         arm = "sync"
-    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch")
+    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch", shared=config.memory_engine == "main")
     if arm == "sync":
         return Policy(arm="sync", every=config.every or 1, launch_tokens=None, deadline=0, wait_tokens=budget, stale=0,
                       blocking=True, **common)
@@ -98,8 +103,7 @@ def policy_for(config: MemoryConfig) -> Policy:
                       **{**common, "launch_from": "summary"})
     if arm == "comem":
         return Policy(arm="comem", every=config.every, launch_tokens=config.launch_tokens or None, deadline=None,
-                      wait_tokens=budget, stale=config.k, blocking=False, shared=config.memory_engine == "main",
-                      summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
+                      wait_tokens=budget, stale=config.k, blocking=False, summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
                       **common)
     raise ValueError(f"arm {arm!r} does not summarize")
 
@@ -116,7 +120,7 @@ class Job:
     finished: float | None = None
     consumed: float | None = None
     status: str = "queued"  # queued | running | done | failed | timeout | superseded | cancelled
-    priority: int | None = None  # the memory request's priority, set when it starts (rule 7)
+    priority: int | None = None  # the memory request's priority, set when it starts (rule 7; None: send none)
     error: str | None = None
     summary: str | None = field(default=None, repr=False)
     request: Any = field(default=None, repr=False)  # the driver's handle (a simulated request)
@@ -249,7 +253,7 @@ class Schedule:
         due = p.every is not None and n % p.every == 0
         if p.launch_tokens is not None and self.raw_tokens(self.covered()) >= p.launch_tokens:
             due = due or p.launch_from == "launch" or not any(j.live for j in self.jobs)
-            due = due and (not p.shared or self._pays_off())
+            due = due and (p.arm != "comem" or not p.shared or self._pays_off())
         if due and n > self.covered():
             self.launch(now)
 
@@ -272,7 +276,7 @@ class Schedule:
             self._end(old, "superseded", now)
         job = queued[-1]
         job.status, job.started = "running", now
-        job.priority = self.priority()
+        job.priority = None if self.policy.shared else self.priority()
         return job
 
     def priority(self) -> int:
@@ -348,7 +352,7 @@ class Schedule:
         removed = self.raw_tokens(best.cutoff) if best else self.raw_tokens(0) - summary
         reply = sum(self.response_tokens) / n
         context = sum(self.response_tokens) + sum(min(o, self.policy.observation_cap) for o in self.observation_tokens)
-        return reply * removed * n > summary * (context + summary / 2)
+        return reply * removed * n > PAYOFF_MARGIN * summary * (context + summary / 2)
 
     def _worth_waiting(self, job: Job, now: float) -> bool:
         p = self.policy

@@ -167,7 +167,7 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
                 previous = schedule.best() if mconfig.incremental else None
                 pieces = workload.memory_pieces(replay, job.cutoff, previous.cutoff if previous is not None else None)
                 job.request = Request(run=("memory", run_id), pieces=pieces, output_tokens=workload.summary_tokens,
-                                      on_done=done, priority=job.priority or 0)
+                                      on_done=done, priority=job.priority or 0)  # None (main engine): 0
                 memory.submit(job.request)
                 return True
 
