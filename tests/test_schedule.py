@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comem_cli.config import MemoryConfig
-from comem_cli.memory.schedule import MASK_TOKENS, PRIORITY_LEVELS, Schedule, Submit, Use, policy_for
+from comem_cli.memory.schedule import MASK_TOKENS, Schedule, Submit, Use, policy_for
 
 
 @dataclass
@@ -210,32 +210,14 @@ def test_non_summarizing_arms_have_no_schedule(arm):
         policy_for(MemoryConfig(arm=arm))
 
 
-def test_memory_priority_rises_with_the_raw_tail_and_resets_with_a_summary():
-    """Rule 7: 1 + PRIORITY_LEVELS with an empty tail, down to 1 (served first) at the budget."""
-    s = Schedule(policy_for(MemoryConfig(arm="comem", raw_budget=1000, launch_tokens=0)))
-    seen = [s.priority()]
-    for n in range(6):
-        s.completed(50, 150, float(n))  # 200 tokens a step: 20% of the budget
-        seen.append(s.priority())
-    assert seen[0] == 1 + PRIORITY_LEVELS and seen[-1] == 1 and seen == sorted(seen, reverse=True)
-    assert all(p >= 1 for p in seen)  # never ahead of an agent call (priority 0)
-    job = s.launch(6.0)
-    s.drain()
-    assert s.start(6.0) is job and job.priority == 1 and job.record()["priority"] == 1
-    s.completed(50, 150, 7.0)
-    s.finish(job, 7.5, summary="summary")
-    assert s.priority() == 1 + int(PRIORITY_LEVELS * 0.8)  # only the step after the cut-off is raw
-
-
 def test_on_the_main_engine_a_launch_waits_until_it_pays_off():
     """Rule 1 with memory_engine="main": 400-token replies, 800 tokens a step, 1,024-token summaries.
     A separate engine launches at 2,000 uncovered tokens (after step 3); on the main engine the first
     launch is after step 7, the first n with 400 * (800n - 1024) * n > 2 * 1024 * (800n + 512)
-    (PAYOFF_MARGIN 2); there memory requests carry no priority (rule 7)."""
+    (PAYOFF_MARGIN 2)."""
     first = {}
     for engine in ("separate", "main"):
         config = MemoryConfig(arm="comem", launch_tokens=2000, max_summary_tokens=1024, memory_engine=engine)
         run = drive(config, [1.0] * 10, [(400, 400)] * 10, [0.5])
         first[engine] = run.schedule.jobs[0].cutoff
-        assert all((j.priority is None) == (engine == "main") for j in run.schedule.jobs if j.started is not None)
     assert first == {"separate": 3, "main": 7}

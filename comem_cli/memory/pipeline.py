@@ -20,6 +20,7 @@ the process alive after the run has ended (its request is cancelled and abandone
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from typing import Any, Callable
@@ -36,40 +37,25 @@ _JOB_IDS = itertools.count()
 
 
 class MemoryPool:
-    """`workers` daemon threads running submitted callables: the best priority first (read when a
-    worker frees up; schedule rule 7, lower first), then first come, first served."""
+    """`workers` daemon threads running submitted callables first come, first served."""
 
     def __init__(self, workers: int = DEFAULT_MEMORY_WORKERS, name: str = "comem-memory"):
         self.workers = workers
-        self.tasks: list[tuple[int, Callable[[], None] | None, Callable[[], int] | None]] = []
-        self.ready = threading.Condition()
-        self.seq = itertools.count()
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
         for i in range(workers):
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True).start()
 
-    def submit(self, fn: Callable[[], None], priority: Callable[[], int] | None = None) -> None:
-        with self.ready:
-            self.tasks.append((next(self.seq), fn, priority))
-            self.ready.notify()
+    def submit(self, fn: Callable[[], None]) -> None:
+        self.tasks.put(fn)
 
     def close(self) -> None:
         """Let the idle workers end (a worker blocked in a call ends with it, or with the process)."""
-        with self.ready:
-            for _ in range(self.workers):
-                self.tasks.append((next(self.seq), None, lambda: 1 << 30))
-            self.ready.notify_all()
-
-    def _next(self) -> Callable[[], None] | None:
-        with self.ready:
-            while not self.tasks:
-                self.ready.wait()
-            best = min(self.tasks, key=lambda t: (t[2]() if t[2] is not None else 0, t[0]))
-            self.tasks.remove(best)
-            return best[1]
+        for _ in range(self.workers):
+            self.tasks.put(None)
 
     def _loop(self) -> None:
         while True:
-            fn = self._next()
+            fn = self.tasks.get()
             if fn is None:
                 return
             try:
@@ -158,8 +144,8 @@ class MemoryContext:
     def _drain(self) -> None:
         """Carry out what the schedule asked for (call with the lock held)."""
         for command in self.schedule.drain():
-            if isinstance(command, Submit):  # the priority is read without the lock (the pool's thread)
-                self.pool.submit(self._work, priority=self.schedule.priority)
+            if isinstance(command, Submit):
+                self.pool.submit(self._work)
             elif isinstance(command, Cancel):
                 self.backend.cancel(f"comem-{command.job.id}")
         self.changed.notify_all()
@@ -188,9 +174,7 @@ class MemoryContext:
                                            previous=previous.summary, max_observation_chars=cut)
             else:
                 messages = memory_messages(self.task, history, max_observation_chars=cut)
-            extra = {"priority": job.priority} if job.priority is not None and getattr(self.backend, "takes_priority", False) else {}
-            text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}",
-                                          **extra)
+            text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}")
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
             timed_out = False
         except Exception as e:  # a memory failure never ends the run

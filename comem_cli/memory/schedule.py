@@ -42,14 +42,6 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    thanks to that headroom) until the next summary swap: between two moves or swaps the prompt
    only grows at its end. Every over-budget step is recorded as a mask fallback.
 6. View. The newest finished summary and the raw tail after its cut-off: every step is in the view.
-7. Priority. A run's memory request carries the priority `priority(now)` (vLLM's convention: lower
-   is served first; the agent's own calls are 0, so a memory request is never ahead of one): 1 when
-   the raw tail after the newest summary fills the budget, up to 1 + PRIORITY_LEVELS when it is
-   empty. The memory pools serve their queued runs in that order, and the request sends it to the
-   memory server (vLLM `--scheduling-policy priority`), so a saturated memory engine serves first the
-   run that needs its summary most. Not on the main engine (`memory_engine="main"`): there a worse
-   priority gets a summary preempted by every agent call and written again, so it goes without one
-   (`Job.priority` None).
 """
 
 from __future__ import annotations
@@ -62,7 +54,6 @@ from comem_cli.config import PAPER_EVERY, PAPER_K, THRESHOLD_BLOCK, THRESHOLD_ST
 from comem_cli.views import MASK_PLACEHOLDER, estimate_tokens
 
 MASK_HEADROOM = 0.75  # a mask fallback elides observations until the tail fits in this share of the budget
-PRIORITY_LEVELS = 8  # memory-request priorities 1 (tail at the budget) .. 1 + PRIORITY_LEVELS (empty tail)
 PAYOFF_MARGIN = 2.0  # memory on the main engine: a launch spares this many times its decode work (measured)
 LIVE = ("queued", "running")
 
@@ -90,7 +81,7 @@ def policy_for(config: MemoryConfig) -> Policy:
     arm, budget = config.arm, config.raw_budget
     if arm == "comem" and config.k == 0:
         arm = "sync"
-    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch", shared=config.memory_engine == "main")
+    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch")
     if arm == "sync":
         return Policy(arm="sync", every=config.every or 1, launch_tokens=None, deadline=0, wait_tokens=budget, stale=0,
                       blocking=True, **common)
@@ -103,7 +94,8 @@ def policy_for(config: MemoryConfig) -> Policy:
                       **{**common, "launch_from": "summary"})
     if arm == "comem":
         return Policy(arm="comem", every=config.every, launch_tokens=config.launch_tokens or None, deadline=None,
-                      wait_tokens=budget, stale=config.k, blocking=False, summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
+                      wait_tokens=budget, stale=config.k, blocking=False, shared=config.memory_engine == "main",
+                      summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
                       **common)
     raise ValueError(f"arm {arm!r} does not summarize")
 
@@ -120,7 +112,6 @@ class Job:
     finished: float | None = None
     consumed: float | None = None
     status: str = "queued"  # queued | running | done | failed | timeout | superseded | cancelled
-    priority: int | None = None  # the memory request's priority, set when it starts (rule 7; None: send none)
     error: str | None = None
     summary: str | None = field(default=None, repr=False)
     request: Any = field(default=None, repr=False)  # the driver's handle (a simulated request)
@@ -130,7 +121,7 @@ class Job:
         return self.status in LIVE
 
     def record(self) -> dict[str, Any]:
-        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error", "priority")
+        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error")
         return {"kind": "job", **{k: getattr(self, k) for k in keep},
                 "summary_tokens": estimate_tokens(self.summary or ""), "summary": self.summary}
 
@@ -230,8 +221,8 @@ class Schedule:
     # -- the driver's calls ----------------------------------------------------------------------
     def completed(self, response_tokens: int, observation_tokens: int, now: float) -> None:
         """Step n-1 ended (n = steps so far): launch if the period or the token trigger says so."""
-        self.observation_tokens.append(observation_tokens)  # before response_tokens, which sets n: a
-        self.response_tokens.append(response_tokens)        # pool thread reading priority() needs both
+        self.response_tokens.append(response_tokens)
+        self.observation_tokens.append(observation_tokens)
         self.step_ended.append(now)
         self._waited.clear()
         self._launch_if_due(now)
@@ -253,7 +244,7 @@ class Schedule:
         due = p.every is not None and n % p.every == 0
         if p.launch_tokens is not None and self.raw_tokens(self.covered()) >= p.launch_tokens:
             due = due or p.launch_from == "launch" or not any(j.live for j in self.jobs)
-            due = due and (p.arm != "comem" or not p.shared or self._pays_off())
+            due = due and (not p.shared or self._pays_off())
         if due and n > self.covered():
             self.launch(now)
 
@@ -276,14 +267,7 @@ class Schedule:
             self._end(old, "superseded", now)
         job = queued[-1]
         job.status, job.started = "running", now
-        job.priority = None if self.policy.shared else self.priority()
         return job
-
-    def priority(self) -> int:
-        """Rule 7: this run's memory-request priority now (lower is served first; agent calls are 0)."""
-        best = self.best()
-        tail = self.raw_tokens(best.cutoff if best else 0)
-        return 1 + int(PRIORITY_LEVELS * max(0.0, 1.0 - tail / self.policy.budget))
 
     def finish(self, job: Job, now: float, *, summary: str | None = None, error: str | None = None,
                timed_out: bool = False) -> None:

@@ -11,6 +11,7 @@ real `MemoryPool`), requests to the engines, and blocking where the schedule say
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from typing import Any, Callable
 
 from comem_cli.bench.costmodel import Clock, CostParams, Engine, Request
@@ -59,16 +60,15 @@ class _Proc:
 
 
 class VirtualPool:
-    """The memory thread pool in virtual time: `workers` slots, tickets served as `MemoryPool` serves
-    them (the best priority read when a slot frees up, then first come, first served)."""
+    """The memory thread pool in virtual time: `workers` slots, tickets served first come, first served
+    (as `MemoryPool`)."""
 
     def __init__(self, workers: int):
         self.free = workers
-        self.queue: list[tuple[int, Callable[[], bool], Callable[[], int] | None]] = []  # a ticket returns True
-        self.seq = itertools.count()                                                   # when it occupies the slot
+        self.queue: deque[Callable[[], bool]] = deque()  # a ticket returns True when it occupies the slot
 
-    def submit(self, ticket: Callable[[], bool], priority: Callable[[], int] | None = None) -> None:
-        self.queue.append((next(self.seq), ticket, priority))
+    def submit(self, ticket: Callable[[], bool]) -> None:
+        self.queue.append(ticket)
         self._run()
 
     def release(self) -> None:
@@ -77,10 +77,9 @@ class VirtualPool:
 
     def _run(self) -> None:
         while self.free and self.queue:
-            best = min(self.queue, key=lambda t: (t[2]() if t[2] is not None else 0, t[0]))
-            self.queue.remove(best)
+            ticket = self.queue.popleft()
             self.free -= 1
-            if not best[1]():
+            if not ticket():
                 self.free += 1
 
 
@@ -166,15 +165,15 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
 
                 previous = schedule.best() if mconfig.incremental else None
                 pieces = workload.memory_pieces(replay, job.cutoff, previous.cutoff if previous is not None else None)
-                job.request = Request(run=("memory", run_id), pieces=pieces, output_tokens=workload.summary_tokens,
-                                      on_done=done, priority=job.priority or 0)  # None (main engine): 0
+                job.request = Request(run=("memory", run_id), pieces=pieces,
+                                      output_tokens=workload.summary_tokens, on_done=done)
                 memory.submit(job.request)
                 return True
 
             def drain():
                 for command in schedule.drain():
                     if isinstance(command, Submit):
-                        pool.submit(ticket, priority=schedule.priority)
+                        pool.submit(ticket)
                     elif isinstance(command, Cancel):
                         request = command.job.request
                         if request is not None and request.finished is None and not request.cancelled:
