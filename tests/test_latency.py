@@ -304,8 +304,9 @@ def test_target_default_comem_reaches_95_percent_of_the_limit_up_to_32_runs(targ
 
 @pytest.mark.xfail(strict=True, reason="measured 0.88 of the limit (2.07x of full vs the limit's 2.36x): at 128 runs the "
                                        "memory engine is saturated (a 1,024-token summary takes ~5.5 s against ~1.7 s agent "
-                                       "steps, nearly all of it decoding in a batch of ~60 summaries: no queue, so request "
-                                       "priority changes nothing), so summaries are ~3 steps staler than with a free memory model")
+                                       "steps, nearly all of it decoding in one batch with the other runs' summaries: nothing "
+                                       "queues, so request priority changes nothing), so summaries are ~3 steps staler than "
+                                       "with a free memory model")
 def test_target_default_comem_reaches_90_percent_of_the_limit_at_128_runs(target_rows):
     assert target_rows[("comem", "comem", 128)]["of_limit"] >= 0.90
 
