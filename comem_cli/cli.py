@@ -56,6 +56,7 @@ def fix(
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
+    memory_engine: str = typer.Option("separate", "--memory-engine", help="separate | main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost)."),
     max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
@@ -78,6 +79,8 @@ def fix(
         raise UserError(f"--memory must be one of {', '.join(ARMS)} (got {memory!r})")
     if memory_backend not in ("auto", "vllm", "openai", "transformers"):
         raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
+    if memory_engine not in ("separate", "main"):
+        raise UserError(f"--memory-engine must be separate or main (got {memory_engine!r})")
     if large_files not in ("warn", "refuse"):
         raise UserError(f"--large-files must be warn or refuse (got {large_files!r})")
     config = RunConfig(
@@ -86,7 +89,7 @@ def fix(
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
         memory=MemoryConfig(arm=memory, k=k, every=every, launch_tokens=launch_tokens, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
-                            max_summary_tokens=max_summary_tokens, prewarm=prewarm),
+                            max_summary_tokens=max_summary_tokens, prewarm=prewarm, memory_engine=memory_engine),
     )
     confirmer = None
     if confirm:

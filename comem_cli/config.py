@@ -95,6 +95,9 @@ class MemoryConfig(BaseModel):
     incremental: bool = False  # summarize previous summary + new steps instead of the whole history
     prewarm: bool = False  # after each summary, send the next swapped prompt with max_tokens=1 (prefix caches)
     workers: int = Field(DEFAULT_MEMORY_WORKERS, ge=1)  # memory thread pool capacity (shared by all runs of a process)
+    # comem: where the memory model is served. "main": by the main model's own engine (no extra hardware),
+    # so a summary is launched only when it spares that engine more work than it costs (schedule rule 1).
+    memory_engine: Literal["separate", "main"] = "separate"
 
     @model_validator(mode="after")
     def _sync_is_k0(self) -> "MemoryConfig":

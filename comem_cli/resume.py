@@ -43,7 +43,7 @@ OVERRIDABLE = {
     "memory_api_base": ("memory", "api_base"), "memory_timeout": ("memory", "timeout_s"),
 }
 # Options that shape the run itself: the recorded values hold, so giving them with --resume is an error.
-FIXED = ("issue", "memory", "k", "every", "raw_budget", "max_summary_tokens", "prewarm", "network", "output")
+FIXED = ("issue", "memory", "k", "every", "raw_budget", "max_summary_tokens", "prewarm", "memory_engine", "network", "output")
 
 
 @dataclass

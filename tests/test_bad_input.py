@@ -95,3 +95,9 @@ def test_invalid_flags(words_repo):
     assert_clean_error(r, "--memory must be one of")
     r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), *SCRIPTED, "--max-steps", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_bad_memory_engine(tmp_path):
+    (tmp_path / "issue.md").write_text("# bug\n")
+    r = run_cli("fix", "-r", str(tmp_path), "-i", str(tmp_path / "issue.md"), *SCRIPTED, "--memory-engine", "gpu")
+    assert_clean_error(r, "--memory-engine must be separate or main")

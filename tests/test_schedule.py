@@ -208,3 +208,16 @@ def test_failing_memory_model_masks_and_is_recorded():
 def test_non_summarizing_arms_have_no_schedule(arm):
     with pytest.raises(ValueError):
         policy_for(MemoryConfig(arm=arm))
+
+
+def test_on_the_main_engine_a_launch_waits_until_it_pays_off():
+    """Rule 1 with memory_engine="main": 400-token replies, 800 tokens a step, 1,024-token summaries.
+    A separate engine launches at 2,000 uncovered tokens (after step 3); on the main engine the first
+    launch is after step 7, the first n with 400 * (800n - 1024) * n > 2 * 1024 * (800n + 512)
+    (PAYOFF_MARGIN 2)."""
+    first = {}
+    for engine in ("separate", "main"):
+        config = MemoryConfig(arm="comem", launch_tokens=2000, max_summary_tokens=1024, memory_engine=engine)
+        run = drive(config, [1.0] * 10, [(400, 400)] * 10, [0.5])
+        first[engine] = run.schedule.jobs[0].cutoff
+    assert first == {"separate": 3, "main": 7}

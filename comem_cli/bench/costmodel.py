@@ -22,10 +22,16 @@ What it models, for one engine (one server: the main model's, or the memory mode
   in the KV cache's free space; the next request of the same run (same agent) on the same engine
   reuses the longest common prefix, if it was not evicted meanwhile (LRU, evicted when running
   requests need the space).
-* **KV-cache capacity.** A request is admitted (FCFS) only when the tokens it needs (prompt +
-  reply) fit beside those of the running requests, and at most `max_seqs` run at once; the others
-  queue, so latency grows with load once the cache is full (vLLM preempts instead; queueing is the
-  same cost seen from outside).
+* **KV-cache capacity.** A request is admitted only when the tokens it needs (prompt + reply) fit
+  beside those of the running requests, and at most `max_seqs` run at once; the others queue, so
+  latency grows with load once the cache is full.
+* **Priority** (vLLM's `--scheduling-policy priority`, each request's `priority`, lower served
+  first, ties first come first served). The waiting queue and the prefill queue are kept in
+  (priority, arrival) order; with all priorities equal this is plain FCFS. When the best waiting
+  request does not fit, running requests of a worse priority are preempted (newest of the worst
+  first) until it fits: a preempted request goes back to the waiting queue with the tokens it
+  generated, which it prefills again on re-admission (its prompt from the prefix cache, if still
+  there), as vLLM's recompute preemption does.
 
 * **Request overhead.** `request_overhead_s` per request, outside the engine's iterations (HTTP,
   tokenizing, detokenizing): the caller hears of a finished request that much later. 0 in the
@@ -81,6 +87,8 @@ class EngineParams(BaseModel):
     request_overhead_s: float = Field(0.0, ge=0, description="per request, outside the engine's iterations "
                                       "(HTTP, tokenizing, detokenizing; fitted by --calibrate-engine)")
     prefix_caching: bool = True
+    priority_scheduling: bool = Field(True, description="order and preempt by each request's priority "
+                                                        "(vLLM --scheduling-policy priority); off: FCFS")
 
 
 # -- defaults ------------------------------------------------------------------------------------
@@ -224,6 +232,7 @@ class Request:
     on_done: Callable[["Request"], None] | None = None
     kind: str = "req"  # cache slot: "req" (the last real request) or "prewarm"
     reply_piece: tuple[int, int] | None = None  # what the reply adds to the cached sequence
+    priority: int = 0  # vLLM's request priority: lower is served first (agent calls 0)
     # filled by the engine
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -237,6 +246,9 @@ class Request:
     join_d: float = 0.0
     cancelled: bool = False
     seq: int = field(default=0)
+    generated: int = 0  # output tokens made before a preemption (prefilled again with the prompt)
+    preemptions: int = 0
+    kv_off: float = 0.0  # what this decoding request adds to Engine.kv_base
 
     def __post_init__(self):
         self.prompt_tokens = sum(t for _, t in self.pieces)
@@ -299,8 +311,8 @@ class Engine:
 
     def __init__(self, params: EngineParams, clock: Clock, name: str = "engine"):
         self.p, self.clock, self.name = params, clock, name
-        self.waiting: deque[Request] = deque()
-        self.prefilling: deque[Request] = deque()
+        self.waiting: list[Request] = []  # in (priority, arrival) order
+        self.prefilling: deque[Request] = deque()  # in (priority, arrival) order behind the head
         self.decoding: list[tuple[float, int, Request]] = []  # heap by finish_d
         self.n_decoding = 0
         self.kv_base = 0.0  # sum over decoding of (context at join - join_d); kv = kv_base + n * d
@@ -314,6 +326,7 @@ class Engine:
         self.peak_batch = 0
         self.queued_work = 0.0  # prefill work of the prefilling requests behind the head
         self.running: dict[Any, list[Request]] = {}  # admitted requests by run (their blocks are shared)
+        self.preemptions = 0
 
     # -- state between events
     def _iteration(self) -> tuple[float, float]:
@@ -351,12 +364,13 @@ class Engine:
                 if self.prefilling:
                     self.queued_work -= self.prefilling[0].work_left
                 r.prefill_done = now
-                if r.output_tokens <= 0:
+                if r.output_tokens - r.generated <= 0:
                     self._finish(r)
                 else:
                     r.join_d = self.d
-                    r.finish_d = self.d + r.output_tokens
-                    self.kv_base += r.prompt_tokens - r.join_d
+                    r.finish_d = self.d + r.output_tokens - r.generated
+                    r.kv_off = r.prompt_tokens + r.generated - r.join_d
+                    self.kv_base += r.kv_off
                     self.n_decoding += 1
                     heapq.heappush(self.decoding, (r.finish_d, r.seq, r))
                 changed = True
@@ -365,7 +379,7 @@ class Engine:
                 if r.cancelled:
                     continue
                 self.n_decoding -= 1
-                self.kv_base -= r.prompt_tokens - r.join_d
+                self.kv_base -= r.kv_off
                 self._finish(r)
                 changed = True
             if self._admit():
@@ -392,15 +406,70 @@ class Engine:
 
         self.clock.at(now + delay, fire)
 
+    def _key(self, r: Request) -> tuple[int, int]:
+        return (r.priority if self.p.priority_scheduling else 0, r.seq)
+
+    def _enqueue(self, r: Request) -> None:
+        """Into the waiting queue, in (priority, arrival) order."""
+        key = self._key(r)
+        i = len(self.waiting)
+        while i and self._key(self.waiting[i - 1]) > key:
+            i -= 1
+        self.waiting.insert(i, r)
+
+    def _fits(self, r: Request) -> bool:
+        running = self.n_decoding + len(self.prefilling)
+        if running >= self.p.max_seqs:
+            return False
+        return not running or self.used + r.prompt_tokens + r.output_tokens <= self.p.kv_capacity_tokens
+
+    def _victim(self, r: Request) -> Request | None:
+        """The running request to preempt for `r`: of a strictly worse priority, the newest of the worst."""
+        if not self.p.priority_scheduling:
+            return None
+        worse = [o for mine in self.running.values() for o in mine if o.priority > r.priority]
+        return max(worse, key=self._key) if worse else None
+
+    def _preempt(self, r: Request) -> None:
+        """vLLM's recompute preemption: the request frees its blocks and waits again; what it generated
+        is prefilled again on re-admission (its prompt from the prefix cache, if still there)."""
+        if r in self.prefilling:
+            self._unprefill(r)
+        else:
+            r.generated += int(self.d - r.join_d)  # whole tokens made; the iteration under way is lost
+            self.n_decoding -= 1
+            self.kv_base -= r.kv_off
+            self.decoding = [e for e in self.decoding if e[2] is not r]
+            heapq.heapify(self.decoding)
+        self._release(r)
+        if self.p.prefix_caching:
+            self.cache.put(r.run, r.kind, r.pieces, r.prompt_tokens)
+        r.admitted = None
+        r.preemptions += 1
+        self.preemptions += 1
+        self._enqueue(r)
+
+    def _unprefill(self, r: Request) -> None:
+        if self.prefilling[0] is r:
+            self.prefilling.popleft()
+            if self.prefilling:
+                self.queued_work -= self.prefilling[0].work_left
+        else:
+            self.prefilling.remove(r)
+            self.queued_work -= r.work_left
+
     def _admit(self) -> bool:
         admitted = False
-        while self.waiting and self.n_decoding + len(self.prefilling) < self.p.max_seqs:
+        while self.waiting:
             r = self.waiting[0]
-            need = r.prompt_tokens + r.output_tokens
-            running = self.n_decoding + len(self.prefilling)
-            if running and self.used + need > self.p.kv_capacity_tokens:
-                break  # FCFS: the head waits for room, and so does everyone behind it
-            self.waiting.popleft()
+            while not self._fits(r):
+                victim = self._victim(r)
+                if victim is None:
+                    break
+                self._preempt(victim)
+            if not self._fits(r):
+                break  # the head waits for room, and so does everyone behind it
+            self.waiting.pop(0)
             cached, key = self.cache.lookup(r.run, r.pieces) if self.p.prefix_caching else (0, None)
             if key is not None:
                 self.cache.take(key)
@@ -409,14 +478,21 @@ class Engine:
                     cached = max(cached, common_prefix(other.pieces, r.pieces))
             self.running.setdefault(r.run, []).append(r)
             r.cached_tokens = min(cached, r.prompt_tokens)
-            r.need = need
-            self.used += need
+            r.need = r.prompt_tokens + r.output_tokens
+            self.used += r.need
             self.cache.evict_to(self.p.kv_capacity_tokens - self.used)
             r.admitted = self.clock.now
-            r.work_left = max(prefill_work(self.p, r.prompt_tokens - r.cached_tokens, r.cached_tokens), 1e-6)
-            if self.prefilling:
+            uncached = r.prompt_tokens - r.cached_tokens + r.generated
+            r.work_left = max(prefill_work(self.p, uncached, r.cached_tokens), 1e-6)
+            # the prefill queue in (priority, arrival) order; a better request may take the head's place
+            i = len(self.prefilling)
+            while i and self._key(self.prefilling[i - 1]) > self._key(r):
+                i -= 1
+            if i == 0 and self.prefilling:
+                self.queued_work += self.prefilling[0].work_left
+            elif self.prefilling:
                 self.queued_work += r.work_left
-            self.prefilling.append(r)
+            self.prefilling.insert(i, r)
             admitted = True
         return admitted
 
@@ -447,7 +523,7 @@ class Engine:
         self._advance()
         r.submitted = self.clock.now
         r.seq = next(self.seq)
-        self.waiting.append(r)
+        self._enqueue(r)
         self._settle()
         return r
 
@@ -461,17 +537,11 @@ class Engine:
         if r in self.waiting:
             self.waiting.remove(r)
         elif r in self.prefilling:
-            if self.prefilling[0] is r:
-                self.prefilling.popleft()
-                if self.prefilling:
-                    self.queued_work -= self.prefilling[0].work_left
-            else:
-                self.prefilling.remove(r)
-                self.queued_work -= r.work_left
+            self._unprefill(r)
             self._release(r)
         elif r.admitted is not None:
             self.n_decoding -= 1
-            self.kv_base -= r.prompt_tokens - r.join_d
+            self.kv_base -= r.kv_off
             self._release(r)
             self.decoding = [e for e in self.decoding if e[2] is not r]
             heapq.heapify(self.decoding)

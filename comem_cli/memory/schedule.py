@@ -22,6 +22,12 @@ The rules (SPEC 3.2), in the order `plan` applies them:
    launch hold that many tokens (`threshold`: when the raw tail reaches 80% of the budget). At most
    one job per run runs; launches behind it wait as `queued`, and when a memory worker becomes
    free the newest queued launch runs and older queued ones are `superseded` (they would be stale).
+   When the memory model is served by the main engine itself (`memory_engine="main"`, comem only),
+   a token-triggered launch must also pay off there (`_pays_off`): the decode work it spares the
+   agent's next calls (mean reply tokens x tokens it removes from the view x steps ahead, taken as
+   the steps so far) must be PAYOFF_MARGIN times the decode work of writing it (summary tokens x
+   its context); the margin covers what the estimate leaves out (the summary's prefill, and the
+   prefix-cache break of each swap, after which the raw tail is prefilled again).
 2. Deadline waits (`sync`: k = 0, `paper`: k = 1 only). Preparing step n, the newest job with
    cut-off + k <= n that is still unfinished is waited for.
 3. Budget. If the raw tail after the newest finished summary is over `wait_tokens`
@@ -48,6 +54,7 @@ from comem_cli.config import PAPER_EVERY, PAPER_K, THRESHOLD_BLOCK, THRESHOLD_ST
 from comem_cli.views import MASK_PLACEHOLDER, estimate_tokens
 
 MASK_HEADROOM = 0.75  # a mask fallback elides observations until the tail fits in this share of the budget
+PAYOFF_MARGIN = 2.0  # memory on the main engine: a launch spares this many times its decode work (measured)
 LIVE = ("queued", "running")
 
 
@@ -65,6 +72,9 @@ class Policy:
     stale: int  # a budget wait only on a job at least this many steps old (comem's k)
     blocking: bool  # budget waits whatever the memory model's measured speed (sync, paper, threshold)
     timeout_s: float
+    shared: bool = False  # the memory model is served by the main engine: launches must pay off there
+    summary_tokens: int = 2048
+    observation_cap: int = 500  # tokens of an observation the memory model sees (max_observation_chars / 4)
 
 
 def policy_for(config: MemoryConfig) -> Policy:
@@ -84,7 +94,9 @@ def policy_for(config: MemoryConfig) -> Policy:
                       **{**common, "launch_from": "summary"})
     if arm == "comem":
         return Policy(arm="comem", every=config.every, launch_tokens=config.launch_tokens or None, deadline=None,
-                      wait_tokens=budget, stale=config.k, blocking=False, **common)
+                      wait_tokens=budget, stale=config.k, blocking=False, shared=config.memory_engine == "main",
+                      summary_tokens=config.max_summary_tokens, observation_cap=config.max_observation_chars // 4,
+                      **common)
     raise ValueError(f"arm {arm!r} does not summarize")
 
 
@@ -232,6 +244,7 @@ class Schedule:
         due = p.every is not None and n % p.every == 0
         if p.launch_tokens is not None and self.raw_tokens(self.covered()) >= p.launch_tokens:
             due = due or p.launch_from == "launch" or not any(j.live for j in self.jobs)
+            due = due and (not p.shared or self._pays_off())
         if due and n > self.covered():
             self.launch(now)
 
@@ -315,6 +328,15 @@ class Schedule:
     def _failing(self) -> bool:
         ended = [j for j in self.jobs if not j.live and j.status != "superseded"]
         return bool(ended) and ended[-1].status in ("failed", "timeout")
+
+    def _pays_off(self) -> bool:
+        """Rule 1, memory on the main engine: a summary of steps 0..n-1 spares more decode work than it costs."""
+        n, summary = self.n, self.policy.summary_tokens
+        best = self.best()
+        removed = self.raw_tokens(best.cutoff) if best else self.raw_tokens(0) - summary
+        reply = sum(self.response_tokens) / n
+        context = sum(self.response_tokens) + sum(min(o, self.policy.observation_cap) for o in self.observation_tokens)
+        return reply * removed * n > PAYOFF_MARGIN * summary * (context + summary / 2)
 
     def _worth_waiting(self, job: Job, now: float) -> bool:
         p = self.policy

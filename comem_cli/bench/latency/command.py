@@ -137,7 +137,7 @@ def latency_command(s: LatencySettings) -> int:
     if not paths:
         raise UserError("comem bench latency needs --trajectories PATH (comem run folders or mini-swe-agent *.traj.json)")
     config = MemoryConfig(arm="comem", k=max(ks), every=s.every, raw_budget=s.raw_budget, max_summary_tokens=s.summary_tokens,
-                          workers=s.workers)
+                          workers=s.workers, memory_engine=s.memory_engine)
     counter = TokenCounter()
     replays = load_replays(paths, max_steps=s.max_steps, command_s=s.command_s, counter=counter)
     workload = Workload(counter, config, s.summary_tokens)

@@ -135,7 +135,8 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
         elif v.arm == "mask":
             ctx = MaskContext(replay.system, replay.task, window=config.mask_window)
         else:
-            mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens})
+            mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
+                                                "memory_engine": memory_engine, "max_summary_tokens": workload.summary_tokens})
             schedule = Schedule(policy_for(mconfig), ids=ids)
 
             def finished(job, now):
