@@ -18,7 +18,7 @@ from comem_cli.bench.costmodel import Clock, CostParams, Engine, Request
 from comem_cli.bench.latency.results import RunStat, StepStat, Variant, summarize_runs
 from comem_cli.bench.latency.workload import Replay, Workload
 from comem_cli.config import MemoryConfig
-from comem_cli.memory.pipeline import FullContext, MaskContext, overlap
+from comem_cli.memory.pipeline import context_for, overlap
 from comem_cli.memory.schedule import Cancel, Schedule, Submit, Use, policy_for
 from comem_cli.views import build_view, estimate_tokens
 
@@ -130,10 +130,8 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
         record = trace.setdefault(run_id, {"steps": [], "jobs": [], "completed": []}) if trace is not None else None
         state = {"completed": 0, "waiting_on": None}
         schedule = None
-        if v.arm == "full":
-            ctx = FullContext(replay.system, replay.task)
-        elif v.arm == "mask":
-            ctx = MaskContext(replay.system, replay.task, window=config.mask_window)
+        if not v.summarizes:  # full, mask: the product's own context (virtual time only drives the summarizing arms)
+            ctx = context_for(config.model_copy(update={"arm": v.arm}), replay.system, replay.task)
         else:
             mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
                                                 "memory_engine": memory_engine, "max_summary_tokens": workload.summary_tokens})
