@@ -35,12 +35,7 @@ class FakeGitHub:
                 fake.auth.append(self.headers.get("Authorization"))
                 key = self.path.removeprefix("/repos/")
                 body = fake.issues.get(key)
-                data = json.dumps(body if body else {"message": "Not Found"}).encode()
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._send(200 if body else 404, body if body else {"message": "Not Found"})
 
             def do_POST(self):
                 fake.auth.append(self.headers.get("Authorization"))
@@ -49,7 +44,10 @@ class FakeGitHub:
                 if found:
                     fake.pulls.append({"path": self.path, **body})
                 status, answer = fake.pull_answer if found else (404, {"message": "Not Found"})
-                data = json.dumps(answer).encode()
+                self._send(status, answer)
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
