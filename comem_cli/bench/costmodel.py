@@ -409,13 +409,15 @@ class Engine:
     def _key(self, r: Request) -> tuple[int, int]:
         return (r.priority if self.p.priority_scheduling else 0, r.seq)
 
-    def _enqueue(self, r: Request) -> None:
-        """Into the waiting queue, in (priority, arrival) order."""
-        key = self._key(r)
-        i = len(self.waiting)
-        while i and self._key(self.waiting[i - 1]) > key:
+    def _position(self, queue, r: Request) -> int:
+        """Where `r` goes in `queue` (the waiting or the prefill queue) to keep it in (priority, arrival) order."""
+        key, i = self._key(r), len(queue)
+        while i and self._key(queue[i - 1]) > key:
             i -= 1
-        self.waiting.insert(i, r)
+        return i
+
+    def _enqueue(self, r: Request) -> None:
+        self.waiting.insert(self._position(self.waiting, r), r)
 
     def _fits(self, r: Request) -> bool:
         running = self.n_decoding + len(self.prefilling)
@@ -437,10 +439,7 @@ class Engine:
             self._unprefill(r)
         else:
             r.generated += int(self.d - r.join_d)  # whole tokens made; the iteration under way is lost
-            self.n_decoding -= 1
-            self.kv_base -= r.kv_off
-            self.decoding = [e for e in self.decoding if e[2] is not r]
-            heapq.heapify(self.decoding)
+            self._undecode(r)
         self._release(r)
         if self.p.prefix_caching:
             self.cache.put(r.run, r.kind, r.pieces, r.prompt_tokens)
@@ -448,6 +447,13 @@ class Engine:
         r.preemptions += 1
         self.preemptions += 1
         self._enqueue(r)
+
+    def _undecode(self, r: Request) -> None:
+        """Take a decoding request out of the batch (preempted or cancelled)."""
+        self.n_decoding -= 1
+        self.kv_base -= r.kv_off
+        self.decoding = [e for e in self.decoding if e[2] is not r]
+        heapq.heapify(self.decoding)
 
     def _unprefill(self, r: Request) -> None:
         if self.prefilling[0] is r:
@@ -485,9 +491,7 @@ class Engine:
             uncached = r.prompt_tokens - r.cached_tokens + r.generated
             r.work_left = max(prefill_work(self.p, uncached, r.cached_tokens), 1e-6)
             # the prefill queue in (priority, arrival) order; a better request may take the head's place
-            i = len(self.prefilling)
-            while i and self._key(self.prefilling[i - 1]) > self._key(r):
-                i -= 1
+            i = self._position(self.prefilling, r)
             if i == 0 and self.prefilling:
                 self.queued_work += self.prefilling[0].work_left
             elif self.prefilling:
@@ -540,11 +544,8 @@ class Engine:
             self._unprefill(r)
             self._release(r)
         elif r.admitted is not None:
-            self.n_decoding -= 1
-            self.kv_base -= r.kv_off
+            self._undecode(r)
             self._release(r)
-            self.decoding = [e for e in self.decoding if e[2] is not r]
-            heapq.heapify(self.decoding)
         r.finished = self.clock.now
         self._settle()
 

@@ -181,6 +181,7 @@ def latency_command(s: LatencySettings) -> int:
         # spreads over rows instead of hitting every try of one), then the fastest try of each row:
         # interference only adds time.
         best: dict[tuple, dict[str, Any]] = {}
+        tries: dict[tuple, list[float]] = {}
         for round_ in range(s.repeat):
             for c in concurrencies:
                 for v in plan:
@@ -190,12 +191,10 @@ def latency_command(s: LatencySettings) -> int:
                                           workload=workload, config=config, serving=serving, reply_cap=reply_cap,
                                           summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
                                           prewarm_config=prewarm_config)
-                    row["tries_s"] = best.get((c, v), {}).get("tries_s", []) + [row["end_to_end_s"]]
+                    tries.setdefault((c, v), []).append(row["end_to_end_s"])
                     if (c, v) not in best or row["end_to_end_s"] < best[(c, v)]["end_to_end_s"]:
                         best[(c, v)] = row
-                    else:
-                        best[(c, v)]["tries_s"] = row["tries_s"]
-        rows.extend(best.values())
+        rows.extend({**row, "tries_s": tries[key]} for key, row in best.items())
     add_ratios(rows)
     print_report(rows, header)
     print_summary(rows)
