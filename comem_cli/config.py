@@ -90,6 +90,10 @@ class MemoryConfig(BaseModel):
     model: str | None = None
     api_base: str | None = None
     max_summary_tokens: int = 2048
+    # A summary's fixed sections are written by this many parallel requests sharing one prefilled
+    # input (max_summary_tokens split between them), on backends that batch concurrent requests
+    # (vllm, openai); 1 = one request writes the whole summary. Measured: README, "Latency".
+    sections: int = Field(4, ge=1, le=5)
     timeout_s: float = 300.0  # a memory job older than this is given up; the run stops waiting on the memory model
     max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them
     incremental: bool = False  # summarize previous summary + new steps instead of the whole history

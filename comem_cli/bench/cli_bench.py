@@ -49,6 +49,7 @@ def _runner(name: str):
         memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
         memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
         prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+        summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
         workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
         instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids.", rich_help_panel=RUN),
         filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids.", rich_help_panel=RUN),
@@ -72,7 +73,7 @@ def _runner(name: str):
         settings = BenchSettings(
             name=name, model=model, api_base=api_base, memory=memory, k=k, every=every, launch_tokens=launch_tokens,
             raw_budget=raw_budget, memory_backend=memory_backend, memory_model=memory_model, memory_api_base=memory_api_base,
-            prewarm=prewarm, workers=workers, instances=instances, filter=filter, slice=slice_, redo_existing=redo_existing,
+            prewarm=prewarm, summary_sections=summary_sections, workers=workers, instances=instances, filter=filter, slice=slice_, redo_existing=redo_existing,
             evaluate=evaluate, dataset=dataset, image_template=image_template, executor=executor, ray_address=ray_address,
             max_steps=max_steps, cost_limit=cost_limit, timeout=timeout, output=output, run_id=run_id,
             export_dataset=export_dataset, evaluate_only=evaluate_only)
@@ -98,6 +99,7 @@ def latency(
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate (extra hardware beside the main engine) | main (summaries served by the main engine).", rich_help_panel=MODEL),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
+    summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
     cost_params: Optional[Path] = typer.Option(None, "--cost-params", help="Cost-model parameters from this JSON file (with --calibrate-engine: where the fit is written).", rich_help_panel=MODEL),
     memory: str = typer.Option(ARM_LIST, "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
     k: str = typer.Option("2", "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
@@ -126,7 +128,7 @@ def latency(
         trajectories=trajectories or [], serving=serving, concurrency=concurrency, arms=memory, k=k, every=every,
         launch_tokens=launch_tokens, raw_budget=raw_budget, prewarm=prewarm, memory_free=memory_free,
         memory_engine=memory_engine, repeat=repeat, workers=memory_workers, max_steps=max_steps, command_s=command_s,
-        summary_tokens=summary_tokens, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
+        summary_tokens=summary_tokens, sections=summary_sections, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
         memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out,
         main_arch=main_arch, memory_arch=memory_arch, calibrate_engine=calibrate_engine, cost_params=cost_params)
     raise typer.Exit(latency_command(settings))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from comem_cli.errors import UserError
 
@@ -27,6 +27,7 @@ class BenchSettings(BaseModel):
     memory_model: Optional[str] = None
     memory_api_base: Optional[str] = None
     prewarm: bool = False
+    summary_sections: int = Field(4, ge=1, le=5)
     workers: int = 2
     instances: Optional[str] = None
     filter: Optional[str] = None
@@ -106,7 +107,8 @@ def bench_command(s: BenchSettings) -> int:
         agent=AgentConfig(max_steps=s.max_steps, cost_limit=s.cost_limit),
         memory=MemoryConfig(k=k, every=s.every, raw_budget=s.raw_budget,
                             **({} if s.launch_tokens is None else {"launch_tokens": s.launch_tokens}), backend=s.memory_backend,
-                            model=s.memory_model, api_base=s.memory_api_base, prewarm=bool(s.prewarm)),
+                            model=s.memory_model, api_base=s.memory_api_base, prewarm=bool(s.prewarm),
+                            sections=s.summary_sections),
     )
     output = Path(s.output) / (s.run_id or s.name)
     plan = BenchPlan(name=s.name, instances=instances, arms=arms, config=config, output=output,

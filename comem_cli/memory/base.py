@@ -2,7 +2,10 @@
 backends (transformers, vLLM) use to admit and size a request.
 
 A backend takes OpenAI-style messages and returns the summary text; `cancel` makes a waiting or
-running request raise `Cancelled`; `close` frees the model. A request that timed out raises
+running request raise `Cancelled`; `close` frees the model. `parallel` says that it serves
+concurrent requests in one batch (a serving engine): the pipeline then writes a summary's sections
+as parallel requests (`MemoryConfig.sections`), after one 1-token request that prefills their
+shared input (so that a prefix cache computes it once). A request that timed out raises
 `TimeoutError` or `comem_cli.llm.CallTimeout` (the pipeline then stops using the memory model in
 that run); any other exception is an ordinary failure. The factory that picks and builds a
 backend is `comem_cli.memory.backends`.
@@ -41,6 +44,7 @@ def generation_limit(prompt_tokens: int, max_tokens: int, context: int | None) -
 
 class MemoryBackend(Protocol):
     name: str
+    parallel: bool
 
     def summarize(self, messages: list[dict[str, str]], *, max_tokens: int, request_id: str) -> str: ...
 

@@ -159,6 +159,7 @@ class TransformersBackend:
     """
 
     name = "transformers"
+    parallel = False  # one request at a time: a summary is one request
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ class OpenAIBackend:
     """Any OpenAI-compatible endpoint through litellm (`openai/<served name>` + api_base)."""
 
     name = "openai"
+    parallel = True  # a serving engine batches concurrent requests (and, vLLM / SGLang, caches prefixes)
 
     def __init__(self, model: str, api_base: str | None = None, *, timeout_s: float = 300.0, temperature: float = 0.0):
         self.model = model if "/" in model else f"openai/{model}"

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
 from comem_cli.llm import CallTimeout
 from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
-from comem_cli.memory.transcript import looks_like_summary, memory_messages
+from comem_cli.memory.transcript import looks_like_summary, memory_messages, section_groups
 from comem_cli.views import View, build_view, estimate_tokens
 
 _POOL: "MemoryPool | None" = None
@@ -137,6 +137,8 @@ class MemoryContext:
         self.on_wait = on_wait  # observer (progress display, tests)
         self.prewarm = prewarm  # sends the next swapped prompt with max_tokens=1 (prefix-cache warm-up)
         self.clock = clock
+        # the requests that write one summary: its sections in parallel where the backend batches them
+        self.groups = section_groups(config.sections if getattr(backend, "parallel", False) else 1)
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified whenever a job ends
         self.steps: list = []
@@ -159,7 +161,8 @@ class MemoryContext:
             if isinstance(command, Submit):
                 self.pool.submit(self._work)
             elif isinstance(command, Cancel):
-                self.backend.cancel(f"comem-{command.job.id}")
+                for request_id in self._request_ids(command.job):
+                    self.backend.cancel(request_id)
         self.changed.notify_all()
 
     def completed(self, steps) -> None:
@@ -181,12 +184,22 @@ class MemoryContext:
             previous = self.schedule.best() if self.config.incremental else None
         try:
             cut = self.config.max_observation_chars
-            if previous is not None and previous.cutoff < len(history):
-                messages = memory_messages(self.task, history[previous.cutoff:], first_index=previous.cutoff,
-                                           previous=previous.summary, max_observation_chars=cut)
-            else:
-                messages = memory_messages(self.task, history, max_observation_chars=cut)
-            text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=f"comem-{job.id}")
+
+            def ask(sections=None):
+                if previous is not None and previous.cutoff < len(history):
+                    return memory_messages(self.task, history[previous.cutoff:], first_index=previous.cutoff,
+                                           previous=previous.summary, max_observation_chars=cut, sections=sections)
+                return memory_messages(self.task, history, max_observation_chars=cut, sections=sections)
+
+            ids = self._request_ids(job)
+            if len(self.groups) == 1:
+                text = self.backend.summarize(ask(), max_tokens=self.config.max_summary_tokens, request_id=ids[0])
+            else:  # their shared input prefilled once, then every section at once
+                self.backend.summarize(ask(self.groups[0]), max_tokens=1, request_id=ids[0])
+                budget = max(1, self.config.max_summary_tokens // len(self.groups))
+                parts = in_parallel([lambda g=g, rid=rid: self.backend.summarize(ask(g), max_tokens=budget, request_id=rid)
+                                     for g, rid in zip(self.groups, ids[1:])])
+                text = "\n\n".join(part.strip() for part in parts)
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
             timed_out = False
         except Exception as e:  # a memory failure never ends the run
@@ -204,6 +217,12 @@ class MemoryContext:
             result = self.prewarm(view.messages)
             with self.lock:
                 self.late.append({"kind": "prewarm", "job": job.id, **result})
+
+    def _request_ids(self, job: Job) -> list[str]:
+        """The backend request ids of `job`: one, or the prefill and one per section group."""
+        if len(self.groups) == 1:
+            return [f"comem-{job.id}"]
+        return [f"comem-{job.id}-prefill"] + [f"comem-{job.id}-{i}" for i in range(len(self.groups))]
 
     # -- views -----------------------------------------------------------------------------------
     def prepare(self, steps) -> tuple[View, list[dict[str, Any]]]:
@@ -263,6 +282,31 @@ class MemoryContext:
             # after the last step's view (e.g. a last pre-warm, a failure while the last command ran)
             "late_events": self.schedule.events[self.reported[1]:] + self.late[self.reported[2]:],
         }
+
+
+def in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run `calls` at once (one daemon thread each but the first, run here); their results in
+    order, or the first call's exception (in order) once all have returned."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as e:  # handed to the caller below
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(calls))]
+    for t in threads:
+        t.start()
+    if calls:
+        run(0)
+    for t in threads:
+        t.join()
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
 
 
 def overlap(interval: tuple[float, float], spans: list[tuple[float, float]]) -> float:

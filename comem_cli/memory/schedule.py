@@ -114,7 +114,7 @@ class Job:
     status: str = "queued"  # queued | running | done | failed | timeout | superseded | cancelled
     error: str | None = None
     summary: str | None = field(default=None, repr=False)
-    request: Any = field(default=None, repr=False)  # the driver's handle (a simulated request)
+    request: Any = field(default=None, repr=False)  # the driver's handle (the simulated requests)
 
     @property
     def live(self) -> bool:

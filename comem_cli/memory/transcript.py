@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 from comem_cli.templates import render
 
 MAX_OBSERVATION_CHARS = 2000
+# The summary's fixed sections, as memory_instruction.j2 names them (a test checks they agree).
+SECTIONS = ("Task", "Files and code state", "Actions and outcomes", "Tests", "Open questions")
 _ACTION_BLOCK = re.compile(r"```(?:bash|mswea_bash_command)[ \t]*\n.*?\n?```", re.DOTALL)
 
 
@@ -40,12 +42,25 @@ def step_block(index: int, step: StepLike, max_observation_chars: int = MAX_OBSE
     return f'<step index="{index}">\nTHOUGHT: {thought}\n\nACTION:\n{action}\n\nOBSERVATION:\n{observation}\n</step>'
 
 
+def section_groups(n: int) -> list[tuple[str, ...]]:
+    """The summary's sections split into `n` (1..5) consecutive groups, one request each: the
+    shortest sections (the task, the files) share a request when there are fewer groups than sections."""
+    n = max(1, min(n, len(SECTIONS)))
+    if n == 1:
+        return [SECTIONS]
+    extra = len(SECTIONS) - n  # the first group takes the sections the others leave
+    return [SECTIONS[:extra + 1]] + [(s,) for s in SECTIONS[extra + 1:]]
+
+
 def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 0, previous: str | None = None,
-                    max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
+                    max_observation_chars: int = MAX_OBSERVATION_CHARS,
+                    sections: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Ask for a summary of `steps` (numbered from `first_index`).
 
     `previous` (incremental mode) is an earlier summary of steps 0..first_index-1; without it,
-    first_index > 0 means the oldest steps were left out to fit the input.
+    first_index > 0 means the oldest steps were left out to fit the input. `sections` (a group
+    of `SECTIONS`) asks for those sections only: the requests of one summary differ only in this
+    last line, so a prefix-caching server prefills their shared input once.
     """
     blocks = "\n\n".join(step_block(first_index + i, s, max_observation_chars) for i, s in enumerate(steps))
     last = first_index + len(steps) - 1
@@ -56,6 +71,9 @@ def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 
         prefix = ""
         dropped = f" (steps 0 to {first_index - 1} were left out to fit the input)" if first_index > 0 else ""
         ask = f"Write the summary of steps {first_index} to {last}{dropped}."
+    if sections is not None and tuple(sections) != SECTIONS:
+        headings = ", ".join(f"## {h}" for h in sections)
+        ask += f" Write only {'this section' if len(sections) == 1 else 'these sections'} of it, under {'its heading' if len(sections) == 1 else 'their headings'}: {headings}."
     user = f"<task>\n{task}\n</task>\n\n{prefix}<transcript>\n{blocks}\n</transcript>\n\n{ask}"
     return [{"role": "system", "content": render("memory_instruction.j2")}, {"role": "user", "content": user}]
 

@@ -82,6 +82,7 @@ class VLLMBackend:
     """
 
     name = "vllm"
+    parallel = True  # concurrent requests are batched, with a shared prefix cache
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ def paper_check(replays: list[Replay], params: CostParams, workload: Workload, c
                 batches: Sequence[int] = tuple(PAPER_GLM47), arms: Sequence[str] = ("full", "comem")) -> list[dict[str, Any]]:
     """Per-step latency (main call + waits, ms) of full context and the paper's pipeline, per batch."""
     out = []
+    config = config.model_copy(update={"sections": 1})  # the paper's pipeline as published: one request per summary
     paper = Variant("paper", PAPER_K, PAPER_EVERY, False)
     for b in batches:
         p_comem, p_full = PAPER_GLM47[b]

@@ -47,6 +47,7 @@ class LatencySettings(BaseModel):
     max_steps: int = 100
     command_s: float = DEFAULT_COMMAND_S
     summary_tokens: int = DEFAULT_SUMMARY_TOKENS
+    sections: int = Field(4, ge=1, le=5)  # requests per summary, its sections in parallel (batching servers)
     cost_param: list[str] = Field(default_factory=list)
     calibrate: bool = False
     model: Optional[str] = None
@@ -137,7 +138,7 @@ def latency_command(s: LatencySettings) -> int:
     if not paths:
         raise UserError("comem bench latency needs --trajectories PATH (comem run folders or mini-swe-agent *.traj.json)")
     config = MemoryConfig(arm="comem", k=max(ks), every=s.every, raw_budget=s.raw_budget, max_summary_tokens=s.summary_tokens,
-                          workers=s.workers, memory_engine=s.memory_engine)
+                          workers=s.workers, memory_engine=s.memory_engine, sections=s.sections)
     counter = TokenCounter()
     replays = load_replays(paths, max_steps=s.max_steps, command_s=s.command_s, counter=counter)
     workload = Workload(counter, config, s.summary_tokens)

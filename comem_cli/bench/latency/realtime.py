@@ -29,6 +29,8 @@ LOCAL_MAX_SUMMARY = 48  # forced summary tokens per memory job in --serving loca
 class LocalModel:
     """A tiny real transformers model serving one request at a time (wall-clock timing)."""
 
+    batches = False  # a summary is then one request (MemoryContext writes sections in parallel only on batching servers)
+
     def __init__(self, path: Path):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,17 +65,21 @@ class LocalModel:
 
 
 class _ServedMemory:
-    """A memory backend (MemoryContext's interface) that times a real call and returns a placeholder."""
+    """A memory backend (MemoryContext's interface) that times a real call and returns a placeholder:
+    `max_tokens` forced (a section's share, or 1 for the prefill of a sectioned summary), at most
+    `summary_tokens`."""
 
     name = "latency-replay"
 
-    def __init__(self, server, summary_tokens: int, text: Callable[[int], str]):
+    def __init__(self, server, summary_tokens: int, text: Callable[[int, int], str]):
         self.server, self.summary_tokens, self.text = server, summary_tokens, text
+        self.parallel = getattr(server, "batches", True)
 
     def summarize(self, messages, *, max_tokens, request_id):
+        tokens = min(max_tokens, self.summary_tokens)
         if self.server is not None:  # None: a memory model that costs nothing (the limit)
-            self.server.generate(messages, self.summary_tokens)
-        return self.text(messages[-1]["content"].count("<step index="))
+            self.server.generate(messages, tokens)
+        return self.text(messages[-1]["content"].count("<step index="), tokens)
 
     def cancel(self, request_id):
         pass  # the call in progress finishes; MemoryContext ignores its result
@@ -97,10 +103,12 @@ def replay_realtime(replays: list[Replay], v: Variant, concurrency: int, *, main
     def one_run(replay: Replay) -> RunStat:
         stat = RunStat(start=time.time())
         steps: list = []
-        mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens})
+        mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
+                                            "max_summary_tokens": summary_tokens})
         backend = warm = None
         if v.summarizes:
-            backend = _ServedMemory(None if v.free else memory_server, summary_tokens, lambda c: summary_text(summary_tokens, c, replay.id))
+            backend = _ServedMemory(None if v.free else memory_server, summary_tokens,
+                                    lambda c, tokens: summary_text(tokens, c, replay.id))
             if v.prewarm and prewarm_config is not None:  # the pipeline's own pre-warm hook
                 from comem_cli.models import LitellmModel
 

@@ -5,7 +5,9 @@ engine for both, `--memory-engine main`), each batching the requests of all conc
 prefix caching and KV-cache capacity. The summarizing arms run the very `Schedule` class that
 `MemoryContext` runs in real runs (comem_cli/memory/schedule.py); this module is only its driver:
 a virtual memory pool of `workers` slots shared by all runs (first come, first served, as the
-real `MemoryPool`), requests to the engines, and blocking where the schedule says wait.
+real `MemoryPool`), requests to the engines (a summary's sections as `MemoryContext` sends them:
+one 1-token request that prefills their shared input, then one request per section group), and
+blocking where the schedule says wait.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from comem_cli.bench.latency.workload import Replay, Workload
 from comem_cli.config import MemoryConfig
 from comem_cli.memory.pipeline import context_for, overlap
 from comem_cli.memory.schedule import Cancel, Schedule, Submit, Use, policy_for
+from comem_cli.memory.transcript import section_groups
 from comem_cli.views import build_view, estimate_tokens
 
 
@@ -136,6 +139,7 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
             mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
                                                 "memory_engine": memory_engine, "max_summary_tokens": workload.summary_tokens})
             schedule = Schedule(policy_for(mconfig), ids=ids)
+            groups = section_groups(mconfig.sections)  # the cost model's engines batch concurrent requests
 
             def finished(job, now):
                 schedule.finish(job, now, summary="")
@@ -162,10 +166,30 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
                     finished(job, clock.now)
 
                 previous = schedule.best() if mconfig.incremental else None
-                pieces = workload.memory_pieces(replay, job.cutoff, previous.cutoff if previous is not None else None)
-                job.request = Request(run=("memory", run_id), pieces=pieces,
-                                      output_tokens=workload.summary_tokens, on_done=done)
-                memory.submit(job.request)
+                prev = previous.cutoff if previous is not None else None
+                owner = ("memory", run_id)
+                if len(groups) == 1:
+                    job.request = [Request(run=owner, pieces=workload.memory_pieces(replay, job.cutoff, prev),
+                                           output_tokens=workload.summary_tokens, on_done=done)]
+                    memory.submit(job.request[0])
+                    return True
+                # as MemoryContext: the shared input prefilled by a 1-token request, then every section at once
+                left = [len(groups)]
+
+                def section_done(request, job=job):
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done(request)
+
+                def fan_out(_request, job=job):
+                    for g in groups:
+                        job.request.append(Request(run=owner, pieces=workload.memory_pieces(replay, job.cutoff, prev, g),
+                                                   output_tokens=workload.summary_tokens // len(groups), on_done=section_done))
+                        memory.submit(job.request[-1])
+
+                job.request = [Request(run=owner, pieces=workload.memory_pieces(replay, job.cutoff, prev, groups[0]),
+                                       output_tokens=1, on_done=fan_out)]
+                memory.submit(job.request[0])
                 return True
 
             def drain():
@@ -173,9 +197,10 @@ def simulate(replays: list[Replay], v: Variant, concurrency: int, *, params: Cos
                     if isinstance(command, Submit):
                         pool.submit(ticket)
                     elif isinstance(command, Cancel):
-                        request = command.job.request
-                        if request is not None and request.finished is None and not request.cancelled:
+                        live = [r for r in command.job.request or [] if r.finished is None and not r.cancelled]
+                        for request in live:
                             memory.cancel(request)
+                        if live:  # the job held one pool slot
                             pool.release()
                         wake(command.job)
 

@@ -187,18 +187,21 @@ class Workload:
         pid, n = self.counter.piece(text)
         return pid, n + MESSAGE_OVERHEAD
 
-    def memory_pieces(self, replay: Replay, cutoff: int, previous: int | None = None) -> tuple[tuple[int, int], ...]:
+    def memory_pieces(self, replay: Replay, cutoff: int, previous: int | None = None,
+                      sections: tuple[str, ...] | None = None) -> tuple[tuple[int, int], ...]:
         """The memory model's input for steps 0..cutoff-1; with `previous` (incremental mode) the summary
-        of steps 0..previous-1 and the steps after it, as `MemoryContext` sends them."""
-        key = (replay.id, cutoff, previous)
+        of steps 0..previous-1 and the steps after it; with `sections`, the request for those sections
+        only: as `MemoryContext` sends them."""
+        key = (replay.id, cutoff, previous, sections)
         got = self._memory.get(key)
         if got is None:
             cut = self.config.max_observation_chars
             if previous is not None and previous < cutoff:
                 messages = memory_messages(replay.task, replay.steps[previous:cutoff], first_index=previous,
-                                           previous=self.summary(replay, previous), max_observation_chars=cut)
+                                           previous=self.summary(replay, previous), max_observation_chars=cut,
+                                           sections=sections)
             else:
-                messages = memory_messages(replay.task, replay.steps[:cutoff], max_observation_chars=cut)
+                messages = memory_messages(replay.task, replay.steps[:cutoff], max_observation_chars=cut, sections=sections)
             texts = [messages[0]["content"]] + split_pieces(messages[1]["content"])
             self.counter.count_many(texts)
             got = tuple(self.counter.piece(t) for t in texts) + ((-1, 2 * MESSAGE_OVERHEAD + GENERATION_PROMPT),)
