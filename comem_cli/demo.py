@@ -63,7 +63,9 @@ def run_demo(workdir: Path, output: Path, real_memory: bool = False) -> int:
             memory_config = MemoryConfig(arm="comem", k=2, every=2, backend="transformers", model=str(smollm2_dir()),
                                          max_summary_tokens=256, max_observation_chars=600)
         else:
-            memory_config = MemoryConfig(arm="comem", k=2, every=2, backend="openai", model="openai/recorded-memory", api_base=memory.url)
+            # sections=1: the replay holds one recorded reply per summary
+            memory_config = MemoryConfig(arm="comem", k=2, every=2, backend="openai", model="openai/recorded-memory",
+                                         api_base=memory.url, sections=1)
         config = RunConfig(model=ModelConfig(name="openai/recorded-replay", api_base=server.url),
                            agent=AgentConfig(max_steps=20), memory=memory_config)
         outcome = fix(repo, issue, config, output=output, branch=DEMO_BRANCH, on_step=print_step,

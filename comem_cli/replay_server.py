@@ -120,6 +120,27 @@ class Script:
         return replies[i] if i < len(replies) else self.on_exhausted
 
 
+_ONLY = re.compile(r"Write only (?:this section|these sections) of it, under (?:its heading|their headings): (.*)\.\s*$")
+
+
+class Sections:
+    """A memory model that answers with `summary` (whose sections start with `## Heading`), or, when
+    a request asks for some sections only (comem's parallel section requests), with those."""
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        parts = re.split(r"(?m)^(?=## )", summary)
+        self.parts = {p.split("\n", 1)[0][3:].strip(): p.strip() for p in parts if p.startswith("## ")}
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        users = [str(m.get("content") or "") for m in body.get("messages", []) if m.get("role") == "user"]
+        match = _ONLY.search(users[-1]) if users else None
+        if match is None:
+            return self.summary
+        wanted = [h.strip()[3:] for h in match[1].split(", ")]
+        return "\n\n".join(self.parts[h] for h in wanted if h in self.parts)
+
+
 class ScriptedServer:
     """Context manager: `with ScriptedServer(Script([...])) as server: server.url` -> http://127.0.0.1:PORT/v1"""
 

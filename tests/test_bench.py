@@ -16,7 +16,7 @@ import time
 import pytest
 
 from comem_cli.bench.swe_mini import build_swe_mini_images, load_swe_mini
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import run_cli
 from tests.test_memory_http import SUMMARY
 
@@ -65,7 +65,7 @@ def bench(*args, main_url: str, memory_url: str | None = None, **kwargs):
 def test_two_arms_two_workers_report_exactly_which_are_resolved(tmp_path, docker_client):
     chosen = [GOLD, GOLD2, WRONG, NOTHING]
     ids = ",".join(i["instance_id"] for i in chosen)
-    with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(lambda b: SUMMARY) as memory:
+    with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(Sections(SUMMARY)) as memory:
         r = bench("--instances", ids, "--workers", "2", "--memory", "full,comem", "--k", "1", "--every", "1", "-o", str(tmp_path),
                   main_url=main.url, memory_url=memory.url)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -207,7 +207,7 @@ def test_swebench_verified_path_offline_on_swe_mini_in_the_swebench5_schema(tmp_
     assert [make_test_spec(i).image for i in load_swebench_dataset(str(exported))] == [i["image"] for i in INSTANCES]
     chosen = [GOLD, NOTHING]
     ids = ",".join(i["instance_id"] for i in chosen)
-    with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(lambda b: SUMMARY) as memory:
+    with ScriptedServer(Script(script_for(chosen))) as main, ScriptedServer(Sections(SUMMARY)) as memory:
         r = run_cli("bench", "swebench-verified", "--dataset", str(exported), "--instances", ids, "--memory", "full,comem",
                     "--k", "1", "-m", "openai/scripted", "--api-base", main.url, "--memory-backend", "openai",
                     "--memory-model", "openai/mem", "--memory-api-base", memory.url, "-o", str(tmp_path / "out"),

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from comem_cli.rollouts import read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.memory.transcript import SECTIONS
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import comem_containers, run_cli
 
 pytestmark = pytest.mark.docker
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.docker
 N_STEPS = 10
 ECHO_SCRIPT = [f"THOUGHT: step {i}.\n\n```bash\necho step-{i}\n```" for i in range(N_STEPS)] + \
               ["THOUGHT: done.\n\n```bash\necho COMEM_SUBMIT\n```"]
-SUMMARY = ("## Task\nFix count_words.\n## Files and code state\nwords.py read.\n## Actions and outcomes\n"
-           "Ran echo commands.\n## Tests\nNot run.\n## Open questions\nNone.")
+SUMMARY = ("## Task\nFix count_words.\n\n## Files and code state\nwords.py read.\n\n## Actions and outcomes\n"
+           "Ran echo commands.\n\n## Tests\nNot run.\n\n## Open questions\nNone.")
 
 
 def run_arm(repo, tmp_path, arm: str, memory_server: ScriptedServer, *extra: str, latency: float = 0.4):
@@ -33,8 +34,9 @@ def run_arm(repo, tmp_path, arm: str, memory_server: ScriptedServer, *extra: str
 
 
 def test_comem_hides_memory_time_and_sync_pays_for_it(words_repo, tmp_path, docker_client):
-    # Agent step ~0.5 s (0.4 s model + command); memory model ~1.5x an agent step.
-    with ScriptedServer(lambda body: SUMMARY, latency_s=0.75) as memory:
+    # Agent step ~0.5 s (0.4 s model + command); a summary ~1.5x an agent step (two round trips of
+    # 0.375 s: the prefill, then the sections in parallel).
+    with ScriptedServer(Sections(SUMMARY), latency_s=0.375) as memory:
         comem, comem_requests, out = run_arm(words_repo, tmp_path, "comem", memory)
         sync, _, _ = run_arm(words_repo, tmp_path, "sync", memory)
         memory_requests = list(memory.requests)
@@ -59,6 +61,17 @@ def test_comem_hides_memory_time_and_sync_pays_for_it(words_repo, tmp_path, dock
     jobs = [e for step in comem.steps for e in step.memory if e["kind"] == "job"]
     assert jobs and all(j["queued"] <= j["started"] <= j["finished"] <= j["consumed"] for j in jobs)
     assert "summaries" in out.stdout and "hidden" in out.stdout
+    # Each summary: a 1-token request that prefills the shared input, then its five sections as four
+    # parallel requests (2048 // 4 tokens each) whose inputs differ only in the last line.
+    prefills = [i for i, r in enumerate(memory_requests) if r.get("max_tokens") == 1]
+    assert prefills and len(memory_requests) == 5 * len(prefills)
+    for i in prefills:
+        prefill, group = memory_requests[i], memory_requests[i + 1:i + 5]
+        asks = [r["messages"][-1]["content"] for r in group]
+        shared = prefill["messages"][-1]["content"].rsplit("\n", 1)[0]
+        assert all(r.get("max_tokens") == 512 and a.rsplit("\n", 1)[0] == shared for r, a in zip(group, asks))
+        assert all(r["messages"][0] == prefill["messages"][0] for r in group)
+        assert sorted(h for a in asks for h in SECTIONS if f"## {h}" in a.rsplit("\n", 1)[1]) == sorted(SECTIONS)
     # What the memory model read: instruction first, then task, then the steps (cache-friendly).
     first = memory_requests[0]["messages"]
     assert first[0]["role"] == "system" and "## Files and code state" in first[0]["content"] and "No advice" in first[0]["content"]
@@ -68,14 +81,16 @@ def test_comem_hides_memory_time_and_sync_pays_for_it(words_repo, tmp_path, dock
 @pytest.mark.parametrize("failure", ["http_500", "hang", "dies"])
 def test_memory_failures_never_end_the_run(failure, words_repo, tmp_path, docker_client):
     options = {"http_500": dict(fail_first=[500] * 100), "hang": dict(hang_first=100, hang_s=20), "dies": {}}[failure]
-    memory = ScriptedServer(lambda body: SUMMARY, **options).start()
+    memory = ScriptedServer(Sections(SUMMARY), **options).start()
     if failure == "dies":  # answers the first request, then the server is gone
         def responder(body, _kill=memory.kill):
             _kill()
             return SUMMARY
         memory.responder = responder
     try:
-        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, "--memory-timeout", "0.5", "--raw-budget", "400", latency=0.05)
+        # ("dies": one request per summary, so that the first summary is whole before the server is gone)
+        run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, "--memory-timeout", "0.5", "--raw-budget", "400",
+                            *(["--summary-sections", "1"] if failure == "dies" else []), latency=0.05)
     finally:
         if failure != "dies":
             memory.stop()
@@ -92,7 +107,7 @@ def test_memory_failures_never_end_the_run(failure, words_repo, tmp_path, docker
 
 
 def test_prewarm_flag_sends_one_token_requests_with_the_swapped_prefix(words_repo, tmp_path, docker_client):
-    with ScriptedServer(lambda body: SUMMARY, latency_s=0.2) as memory:
+    with ScriptedServer(Sections(SUMMARY), latency_s=0.2) as memory:
         run, requests, _ = run_arm(words_repo, tmp_path, "comem", memory, "--prewarm", latency=0.3)
     warmups = [r for r in requests if r.get("max_tokens") == 1]
     real = [r for r in requests if r.get("max_tokens") != 1]
@@ -113,19 +128,21 @@ def test_prewarm_flag_sends_one_token_requests_with_the_swapped_prefix(words_rep
 
 
 def test_recorded_summaries_are_sft_data_with_the_exact_inputs(words_repo, tmp_path, docker_client):
-    """A comem run keeps each summary with its cut-off; train-memory pairs it with the very input the
-    memory model was sent (train as you infer) and runs the SFT warm-up on them."""
+    """A comem run keeps each summary (its sections joined) with its cut-off; train-memory pairs it
+    with the input that asks for the whole summary, which each section request extends by one line
+    (asking for its sections only), and runs the SFT warm-up on them."""
     from comem_cli.testing.tiny_models import build_tiny_causal_lm
     from comem_cli.train.sft import recorded_summaries
     from comem_cli.trajectories import load_trajectory
 
-    with ScriptedServer(lambda body: SUMMARY, latency_s=0.1) as memory:
+    with ScriptedServer(Sections(SUMMARY), latency_s=0.1) as memory:
         run, _, _ = run_arm(words_repo, tmp_path, "comem", memory, latency=0.2)
         sent = [r["messages"] for r in memory.requests]
     pairs = recorded_summaries([load_trajectory(run.path)])
     assert len(pairs) == run.meta["totals"]["summaries"] >= 3
     for messages, text in pairs:
-        assert text == SUMMARY and messages in sent
+        assert text == SUMMARY
+        assert any(m[0] == messages[0] and m[1]["content"].startswith(messages[1]["content"]) for m in sent)
     consumed = [e for s in run.steps for e in s.memory if e["kind"] == "job"]
     assert consumed and all(e["summary"] == SUMMARY for e in consumed)  # views can be rebuilt from the log
 

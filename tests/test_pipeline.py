@@ -283,3 +283,102 @@ def test_a_hanging_or_garbage_memory_model_leaves_a_run_no_slower_than_full(faul
     if fault == "hang":
         assert any(e["kind"] == "memory_unresponsive" for e in events)
     assert json.loads((run.path / "meta.json").read_text())["status"] == "submitted"
+
+
+# ----------------------------------------------------------------------------- a summary's sections in parallel
+def test_section_groups_cover_the_instruction_headings_in_order():
+    from comem_cli.memory.transcript import SECTIONS, section_groups
+    from comem_cli.templates import render
+
+    headings = [line[3:].strip() for line in render("memory_instruction.j2").splitlines() if line.startswith("## ")]
+    assert tuple(headings) == SECTIONS
+    for n in range(1, 6):
+        groups = section_groups(n)
+        assert len(groups) == n and tuple(h for g in groups for h in g) == SECTIONS
+    assert section_groups(4) == [("Task", "Files and code state"), ("Actions and outcomes",), ("Tests",), ("Open questions",)]
+
+
+class SectionBackend:
+    """A batching backend (parallel = True) that answers each request with the sections it asks for."""
+
+    name = "sections"
+    parallel = True
+
+    def __init__(self, fail_section: str | None = None, hold: threading.Event | None = None):
+        from comem_cli.testing.scripted_server import Sections
+
+        self.answer = Sections("\n\n".join(f"## {h}\nfacts about {h.lower()}." for h in
+                                           ("Task", "Files and code state", "Actions and outcomes", "Tests", "Open questions")))
+        self.fail_section, self.hold = fail_section, hold
+        self.calls: list[tuple[str, int, str]] = []
+        self.cancelled: set[str] = set()
+        self.lock = threading.Lock()
+
+    def summarize(self, messages, *, max_tokens, request_id):
+        ask = messages[-1]["content"].rsplit("\n", 1)[1]
+        with self.lock:
+            self.calls.append((request_id, max_tokens, ask))
+        if self.hold is not None and max_tokens > 1:
+            self.hold.wait(timeout=20)
+        if self.fail_section and f"## {self.fail_section}" in ask and max_tokens > 1:
+            raise RuntimeError("one section failed")
+        return self.answer({"messages": messages})
+
+    def cancel(self, request_id):
+        with self.lock:
+            self.cancelled.add(request_id)
+
+    def close(self):
+        pass
+
+
+def _one_summary(backend, **config):
+    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=1, launch_tokens=0, max_summary_tokens=1000, **config),
+                        "sys", "task", backend, pool=POOL)
+    steps = [make_step(0)]
+    ctx.prepare([])
+    ctx.completed(steps)
+    deadline = time.time() + 20
+    while ctx.jobs[0].live and time.time() < deadline:
+        time.sleep(0.01)
+    return ctx
+
+
+def test_a_summary_is_a_prefill_then_its_sections_in_parallel_joined_in_order():
+    backend = SectionBackend()
+    ctx = _one_summary(backend)
+    job = ctx.jobs[0]
+    assert job.status == "done"
+    ids = [c[0] for c in backend.calls]
+    assert ids[0] == f"comem-{job.id}-prefill" and backend.calls[0][1] == 1
+    assert sorted(ids[1:]) == [f"comem-{job.id}-{i}" for i in range(4)] and {c[1] for c in backend.calls[1:]} == {250}
+    # every section, once, in the instruction's order
+    assert [line for line in job.summary.splitlines() if line.startswith("## ")] == \
+        ["## Task", "## Files and code state", "## Actions and outcomes", "## Tests", "## Open questions"]
+    assert ctx.close()["summaries"] == 1
+
+    single = SectionBackend()
+    job = _one_summary(single, sections=1).jobs[0]
+    assert [c[1] for c in single.calls] == [1000] and "Write only" not in single.calls[0][2] and job.status == "done"
+    serial = GateBackend()  # no `parallel`: one request, whatever --summary-sections says
+    ctx = MemoryContext(MemoryConfig(arm="comem"), "sys", "task", serial, pool=POOL)
+    assert len(ctx.groups) == 1
+
+
+def test_a_failed_section_fails_the_summary_and_cancel_reaches_every_request():
+    failing = SectionBackend(fail_section="Tests")
+    ctx = _one_summary(failing)
+    assert ctx.jobs[0].status == "failed" and ctx.close()["memory_failures"] == 1
+
+    hold = threading.Event()
+    held = SectionBackend(hold=hold)
+    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=1, launch_tokens=0), "sys", "task", held, pool=POOL)
+    ctx.prepare([])
+    ctx.completed([make_step(0)])
+    deadline = time.time() + 20
+    while len(held.calls) < 5 and time.time() < deadline:
+        time.sleep(0.01)
+    job = ctx.jobs[0]
+    ctx.close()  # the run ends with the summary in flight: all five of its requests are cancelled
+    hold.set()
+    assert held.cancelled == {f"comem-{job.id}-prefill", *(f"comem-{job.id}-{i}" for i in range(4))}

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from comem_cli.rollouts import read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import run_cli
 from tests.test_memory_http import ECHO_SCRIPT, SUMMARY
 
@@ -31,7 +31,7 @@ def rendered_dom(html_path, tmp_path) -> str:
 
 def test_report_of_two_arms_and_a_training_run(words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"
-    with ScriptedServer(lambda body: SUMMARY, latency_s=0.3) as memory:
+    with ScriptedServer(Sections(SUMMARY), latency_s=0.3) as memory:
         for arm in ("full", "comem"):
             with ScriptedServer(Script(ECHO_SCRIPT), latency_s=0.2) as main:
                 r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/main",
