@@ -43,8 +43,8 @@ def step_block(index: int, step: StepLike, max_observation_chars: int = MAX_OBSE
 
 
 def section_groups(n: int) -> list[tuple[str, ...]]:
-    """The summary's sections split into `n` (1..5) consecutive groups, one request each: the
-    shortest sections (the task, the files) share a request when there are fewer groups than sections."""
+    """The summary's sections split into `n` (1..5) consecutive groups, one request each; with fewer
+    groups than sections the first sections share a request (the task is a sentence or two)."""
     n = max(1, min(n, len(SECTIONS)))
     if n == 1:
         return [SECTIONS]
