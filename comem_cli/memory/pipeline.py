@@ -28,7 +28,7 @@ from typing import Any, Callable
 from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
 from comem_cli.llm import CallTimeout
 from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
-from comem_cli.memory.transcript import looks_like_summary, memory_messages, section_groups
+from comem_cli.memory.transcript import for_sections, looks_like_summary, section_groups, summary_input
 from comem_cli.views import View, build_view, estimate_tokens
 
 _POOL: "MemoryPool | None" = None
@@ -183,22 +183,17 @@ class MemoryContext:
             history = self.steps[:job.cutoff]
             previous = self.schedule.best() if self.config.incremental else None
         try:
-            cut = self.config.max_observation_chars
-
-            def ask(sections=None):
-                if previous is not None and previous.cutoff < len(history):
-                    return memory_messages(self.task, history[previous.cutoff:], first_index=previous.cutoff,
-                                           previous=previous.summary, max_observation_chars=cut, sections=sections)
-                return memory_messages(self.task, history, max_observation_chars=cut, sections=sections)
-
+            messages = summary_input(self.task, history, max_observation_chars=self.config.max_observation_chars,
+                                     previous=(previous.cutoff, previous.summary) if previous is not None else None)
             ids = self._request_ids(job)
             if len(self.groups) == 1:
-                text = self.backend.summarize(ask(), max_tokens=self.config.max_summary_tokens, request_id=ids[0])
+                text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=ids[0])
             else:  # their shared input prefilled once, then every section at once
-                self.backend.summarize(ask(self.groups[0]), max_tokens=1, request_id=ids[0])
+                asks = [for_sections(messages, g) for g in self.groups]
+                self.backend.summarize(asks[0], max_tokens=1, request_id=ids[0])
                 budget = max(1, self.config.max_summary_tokens // len(self.groups))
-                parts = in_parallel([lambda g=g, rid=rid: self.backend.summarize(ask(g), max_tokens=budget, request_id=rid)
-                                     for g, rid in zip(self.groups, ids[1:])])
+                parts = in_parallel([lambda ask=ask, rid=rid: self.backend.summarize(ask, max_tokens=budget, request_id=rid)
+                                     for ask, rid in zip(asks, ids[1:])])
                 text = "\n\n".join(part.strip() for part in parts)
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
             timed_out = False

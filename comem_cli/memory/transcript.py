@@ -53,14 +53,11 @@ def section_groups(n: int) -> list[tuple[str, ...]]:
 
 
 def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 0, previous: str | None = None,
-                    max_observation_chars: int = MAX_OBSERVATION_CHARS,
-                    sections: Sequence[str] | None = None) -> list[dict[str, str]]:
+                    max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
     """Ask for a summary of `steps` (numbered from `first_index`).
 
     `previous` (incremental mode) is an earlier summary of steps 0..first_index-1; without it,
-    first_index > 0 means the oldest steps were left out to fit the input. `sections` (a group
-    of `SECTIONS`) asks for those sections only: the requests of one summary differ only in this
-    last line, so a prefix-caching server prefills their shared input once.
+    first_index > 0 means the oldest steps were left out to fit the input.
     """
     blocks = "\n\n".join(step_block(first_index + i, s, max_observation_chars) for i, s in enumerate(steps))
     last = first_index + len(steps) - 1
@@ -71,11 +68,34 @@ def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 
         prefix = ""
         dropped = f" (steps 0 to {first_index - 1} were left out to fit the input)" if first_index > 0 else ""
         ask = f"Write the summary of steps {first_index} to {last}{dropped}."
-    if sections is not None and tuple(sections) != SECTIONS:
-        headings = ", ".join(f"## {h}" for h in sections)
-        ask += f" Write only {'this section' if len(sections) == 1 else 'these sections'} of it, under {'its heading' if len(sections) == 1 else 'their headings'}: {headings}."
     user = f"<task>\n{task}\n</task>\n\n{prefix}<transcript>\n{blocks}\n</transcript>\n\n{ask}"
     return [{"role": "system", "content": render("memory_instruction.j2")}, {"role": "user", "content": user}]
+
+
+def summary_input(task: str, steps: Sequence[StepLike], *, previous: tuple[int, str] | None = None,
+                  max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
+    """The memory model's input for a summary of all of `steps`: with `previous` = (cut-off, text) of
+    an earlier summary (incremental mode) that covers fewer steps, that summary and the steps after
+    it. One function for the pipeline and the latency benchmark's workload."""
+    if previous is not None and previous[0] < len(steps):
+        cutoff, text = previous
+        return memory_messages(task, steps[cutoff:], first_index=cutoff, previous=text,
+                               max_observation_chars=max_observation_chars)
+    return memory_messages(task, steps, max_observation_chars=max_observation_chars)
+
+
+def for_sections(messages: list[dict[str, str]], sections: Sequence[str]) -> list[dict[str, str]]:
+    """The same request asking for `sections` (a group of `SECTIONS`) only: one sentence added to its
+    last line, so the requests of one summary share everything before it and a prefix-caching
+    server prefills their input once."""
+    if tuple(sections) == SECTIONS:
+        return messages
+    one = len(sections) == 1
+    headings = ", ".join(f"## {h}" for h in sections)
+    last = messages[-1]
+    only = (f" Write only {'this section' if one else 'these sections'} of it, "
+            f"under {'its heading' if one else 'their headings'}: {headings}.")
+    return [*messages[:-1], {**last, "content": last["content"] + only}]
 
 
 def looks_like_summary(text: str) -> bool:

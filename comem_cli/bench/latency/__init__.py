@@ -4,7 +4,7 @@ No Docker and no agent: the main model's replies are the recorded ones, the obse
 the recording, and a command takes the time recorded for it (comem runs) or `--command-s`. What
 the replay computes for real is every view: the arms are the real ones (`FullContext`,
 `MaskContext`, and the summarizing arms' `Schedule`), views are built by `build_view`, the memory
-model's input by `memory_messages`.
+model's input by `summary_input` and `for_sections` (comem_cli/memory/transcript.py).
 
 Modules, one concept each:
     workload.py     trajectories, token counting, the token pieces of views and memory inputs

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 from comem_cli.config import MemoryConfig
 from comem_cli.errors import UserError
-from comem_cli.memory.transcript import memory_messages
+from comem_cli.memory.transcript import for_sections, summary_input
 from comem_cli.views import View, estimate_tokens
 
 MESSAGE_OVERHEAD = 5  # Qwen chat template: <|im_start|>role\n ... <|im_end|>\n
@@ -195,13 +195,10 @@ class Workload:
         key = (replay.id, cutoff, previous, sections)
         got = self._memory.get(key)
         if got is None:
-            cut = self.config.max_observation_chars
-            if previous is not None and previous < cutoff:
-                messages = memory_messages(replay.task, replay.steps[previous:cutoff], first_index=previous,
-                                           previous=self.summary(replay, previous), max_observation_chars=cut,
-                                           sections=sections)
-            else:
-                messages = memory_messages(replay.task, replay.steps[:cutoff], max_observation_chars=cut, sections=sections)
+            messages = summary_input(replay.task, replay.steps[:cutoff], max_observation_chars=self.config.max_observation_chars,
+                                     previous=(previous, self.summary(replay, previous)) if previous is not None else None)
+            if sections is not None:
+                messages = for_sections(messages, sections)
             texts = [messages[0]["content"]] + split_pieces(messages[1]["content"])
             self.counter.count_many(texts)
             got = tuple(self.counter.piece(t) for t in texts) + ((-1, 2 * MESSAGE_OVERHEAD + GENERATION_PROMPT),)
