@@ -29,6 +29,7 @@ from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
 from comem_cli.llm import CallTimeout
 from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
 from comem_cli.memory.transcript import for_sections, looks_like_summary, section_groups, summary_input
+from comem_cli.parallel import in_parallel
 from comem_cli.views import View, build_view, estimate_tokens
 
 _POOL: "MemoryPool | None" = None
@@ -277,31 +278,6 @@ class MemoryContext:
             # after the last step's view (e.g. a last pre-warm, a failure while the last command ran)
             "late_events": self.schedule.events[self.reported[1]:] + self.late[self.reported[2]:],
         }
-
-
-def in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run `calls` at once (one daemon thread each but the first, run here); their results in
-    order, or the first call's exception (in order) once all have returned."""
-    results: list[Any] = [None] * len(calls)
-    errors: list[BaseException | None] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        try:
-            results[i] = calls[i]()
-        except BaseException as e:  # handed to the caller below
-            errors[i] = e
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(calls))]
-    for t in threads:
-        t.start()
-    if calls:
-        run(0)
-    for t in threads:
-        t.join()
-    for e in errors:
-        if e is not None:
-            raise e
-    return results
 
 
 def overlap(interval: tuple[float, float], spans: list[tuple[float, float]]) -> float:

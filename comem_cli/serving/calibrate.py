@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import random
-import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from typing import Any, Callable
 
 from comem_cli.bench.costmodel import Clock, CostParams, Engine, EngineParams, Request
 from comem_cli.errors import UserError
+from comem_cli.parallel import in_parallel
 
 FIT_NAMES = ("decode_base_s", "decode_per_seq_s", "decode_per_kv_token_s", "prefill_per_token_s",
              "prefill_attn_per_ctx_token", "cached_token_cost", "request_overhead_s")
@@ -95,22 +95,7 @@ def measure_point(api_base: str, model: str, point: Point, rng: random.Random) -
         if prefix:
             _complete(api_base, model, prefix, 1)
         prompts.append(prefix + [rng.randrange(TOKEN_LOW, TOKEN_HIGH) for _ in range(point.prompt - point.cached)])
-    times: list[float] = [0.0] * point.batch
-    errors: list[BaseException] = []
-
-    def one(i: int) -> None:
-        try:
-            times[i] = _complete(api_base, model, prompts[i], point.output)
-        except BaseException as e:  # re-raised in the caller's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(point.batch)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    times = in_parallel([lambda prompt=prompt: _complete(api_base, model, prompt, point.output) for prompt in prompts])
     return sum(times) / len(times)
 
 
