@@ -414,6 +414,21 @@ def test_every_arm_has_its_row_and_limit_in_json(tmp_path):
     assert limits == {"sync", "paper", "threshold", "comem"}
 
 
+def test_summary_sections_option_reaches_the_replayed_pipeline(tmp_path):
+    """`--summary-sections 1` (one request per summary) against the default four parallel section
+    requests, through the CLI: the sectioned summaries are faster on the same cost model."""
+    folder = _small_set(tmp_path, 2)
+    jobs = {}
+    for n in (1, 4):
+        out = tmp_path / f"rows-{n}.json"
+        r = run_cli("bench", "latency", "--trajectories", str(folder), "--concurrency", "1", "--max-steps", "20",
+                    "--memory", "comem", "--summary-sections", str(n), "--json", str(out), timeout=300)
+        assert r.returncode == 0, r.stderr + r.stdout
+        (row,) = [row for row in json.loads(out.read_text()) if row["arm"] == "comem"]
+        jobs[n] = row["memory_job_s"]
+    assert jobs[4] < 0.6 * jobs[1], jobs
+
+
 def test_the_two_bench_programs_have_only_their_own_options():
     latency = run_cli("bench", "latency", "--help", timeout=60).stdout
     runner = run_cli("bench", "swe-mini", "--help", timeout=60).stdout
@@ -423,6 +438,7 @@ def test_the_two_bench_programs_have_only_their_own_options():
         assert option in latency and option not in runner
     for option in ("--instances", "--evaluate-only", "--executor", "--image-template", "--memory-backend"):
         assert option in runner and option not in latency
+    assert "--summary-sections" in latency and "--summary-sections" in runner
 
 
 def test_other_benchmarks_still_take_one_integer_k():
