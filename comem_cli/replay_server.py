@@ -147,22 +147,26 @@ class ScriptedServer:
     def __init__(self, responder: Responder, *, port: int = 0, latency_s: float = 0.0,
                  latency_per_token_s: float = 0.0, fail_first: list[int] | None = None,
                  hang_first: int = 0, hang_s: float = 30.0, max_context: int | None = None,
-                 fail_always: int | None = None, error_message: str | None = None, hang_always: bool = False,
+                 fail_always: int | None = None, error_message: str | None = None, hang_from: int | None = None,
                  garbage_first: int = 0):
         self.responder = responder
         self.latency_s, self.latency_per_token_s = latency_s, latency_per_token_s
         self.fail_first = list(fail_first or [])  # HTTP status codes returned by the first calls
-        self.hang_first, self.hang_s = hang_first, hang_s  # the first N calls sleep hang_s before answering
+        # The first N calls, and every call from index `hang_from` on (0: all), sleep hang_s before
+        # answering. Set before the run starts, so a test never races the run to flip a flag.
+        self.hang_first, self.hang_from, self.hang_s = hang_first, hang_from, hang_s
+        self.hanging = threading.Event()  # set when a call starts to hang: the run is now inside that call
         self.max_context = max_context
         # Fault modes for every call: an HTTP status (400/401/404/500...) with `error_message` as the
-        # provider's message, a hang (hang_s per call), or a 200 whose body is not JSON (garbage_first calls).
+        # provider's message, or a 200 whose body is not JSON (garbage_first calls).
         self.fail_always, self.error_message = fail_always, error_message
-        self.hang_always, self.garbage_first = hang_always, garbage_first
+        self.garbage_first = garbage_first
         self.requests: list[dict[str, Any]] = []  # every request body received, in order
         self.dead = False  # after kill(): kept-alive connections are dropped without an answer
         self.previous_messages: list[dict[str, Any]] = []  # the last chat request (automatic prefix cache)
         self.anthropic_cache: set[str] = set()  # prefixes written at cache_control breakpoints
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)  # notified on every request received (wait_for_requests)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -174,6 +178,11 @@ class ScriptedServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def wait_for_requests(self, n: int, timeout: float) -> bool:
+        """Block until `n` chat requests have arrived (an event, not a poll); False on timeout."""
+        with self.arrived:
+            return self.arrived.wait_for(lambda: len(self.requests) >= n, timeout)
 
     def start(self) -> "ScriptedServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -234,10 +243,12 @@ class ScriptedServer:
                 with server.lock:
                     index = len(server.requests)
                     server.requests.append(body)
+                    server.arrived.notify_all()
                     status = server.fail_first.pop(0) if server.fail_first else None
                     cached = cached_prefix_tokens(body.get("messages", []), server.previous_messages)
                     server.previous_messages = body.get("messages", [])
-                if index < server.hang_first or server.hang_always:
+                if index < server.hang_first or (server.hang_from is not None and index >= server.hang_from):
+                    server.hanging.set()
                     time.sleep(server.hang_s)
                 status = status or server.fail_always
                 if status:
@@ -284,6 +295,7 @@ class ScriptedServer:
                 with server.lock:
                     index = len(server.requests)
                     server.requests.append(body)
+                    server.arrived.notify_all()
                     read = max((i + 1 for i, k in enumerate(keys) if k in server.anthropic_cache), default=0)
                     marks = [i + 1 for i, (_, marked) in enumerate(blocks) if marked]
                     written = max(marks, default=0)

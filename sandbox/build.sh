@@ -15,7 +15,7 @@ FORCE="${FORCE:-0}"
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
 if [ "$FORCE" = 1 ] || ! have_image "$BASE_IMAGE"; then
-  command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+  type -P debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
   root="$(mktemp -d /tmp/comem-rootfs.XXXXXX)"
   trap 'rm -rf "$root"' EXIT
   echo "comem: debootstrap bookworm into $root (a few minutes, once)" >&2

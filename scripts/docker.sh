@@ -4,7 +4,7 @@ set -euo pipefail
 log() { echo "setup: $*" >&2; }
 docker info >/dev/null 2>&1 && exit 0
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-if ! command -v dockerd >/dev/null 2>&1; then
+if ! type -P dockerd >/dev/null; then
   log "installing docker.io and debootstrap (apt)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq docker.io debootstrap >/dev/null

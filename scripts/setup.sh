@@ -28,12 +28,16 @@ began="$(now)"
 step "docker daemon" bash scripts/docker.sh
 
 # -- Chromium renders `comem report` pages in the tests (headless): test only --------------------
-chromium() {
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+apt_install() {  # apt_install PACKAGE...: Debian packages, quietly
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
-if [ "$target" = test ] && ! command -v chromium >/dev/null 2>&1; then
-  step "chromium (apt)" chromium
+# `type -P` looks on PATH only (never a shell function or alias of the same name), and the program
+# must run: a stale link or a broken package counts as absent.
+chromium_runs() { local bin; bin="$(type -P chromium)" && "$bin" --version >/dev/null 2>&1; }
+if [ "$target" = test ] && ! chromium_runs; then
+  step "chromium (apt)" apt_install chromium
+  chromium_runs || { log "chromium was installed but does not run (chromium --version failed)"; exit 1; }
 fi
 
 # -- Python environment --------------------------------------------------------------------------

@@ -70,17 +70,11 @@ def test_garbage_reply_is_an_api_error(words_repo, tmp_path, docker_client):
 def test_signal_during_a_model_call_is_interrupted(sig, words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"
     script = Script([LOOK])
-    with ScriptedServer(script, hang_s=60.0) as server:
+    # From the second call on the model never answers: set before the run starts, so no timing decides it.
+    with ScriptedServer(script, hang_from=1, hang_s=120.0) as server:
         proc = popen_fix(words_repo, server.url, out)
-        deadline = time.time() + 120
-        while time.time() < deadline and len(server.requests) < 1:
-            time.sleep(0.1)
-        server.hang_always = True  # from the second call on, the model never answers
-        while time.time() < deadline and len(server.requests) < 2:
-            time.sleep(0.1)
-        assert len(server.requests) >= 2, "the run never reached its second model call"
-        time.sleep(1.0)  # inside litellm, waiting for the answer
-        proc.send_signal(sig)
+        assert server.hanging.wait(120), "the run never reached its second model call"
+        proc.send_signal(sig)  # the run is inside its second model call now
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr
     assert "Traceback" not in stderr and "internal error" not in stderr
@@ -92,7 +86,7 @@ def test_signal_during_a_model_call_is_interrupted(sig, words_repo, tmp_path, do
 
 # 4. A model that accepts the connection and never answers: --time-limit is honoured mid-call.
 def test_time_limit_is_honoured_during_a_hung_model_call(words_repo, tmp_path, docker_client):
-    with ScriptedServer(Script(FIX_SCRIPT), hang_always=True, hang_s=300) as server:
+    with ScriptedServer(Script(FIX_SCRIPT), hang_from=0, hang_s=300) as server:
         start = time.time()
         r = fix(words_repo, server, tmp_path / "runs", "--no-apply", "--time-limit", "15", timeout=120)
         took = time.time() - start
