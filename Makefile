@@ -1,5 +1,5 @@
 # comem: `make demo` sets everything up and fixes a bundled example; `make test` runs the tests.
-.PHONY: setup setup-demo lock docker images demo test test-fast clean-containers
+.PHONY: setup setup-demo lock docker images demo test test-fast test-stress clean-containers
 
 setup:  ## everything the tests need: Docker, .venv (all extras, torch CPU), Chromium, .venv-vllm, images (idempotent)
 	bash scripts/setup.sh test
@@ -21,6 +21,9 @@ demo: setup-demo  ## fix examples/calc with a recorded replay of the main model 
 
 test: setup  ## the whole test suite, Docker included
 	.venv/bin/python -m pytest -q
+
+test-stress: setup  ## the signal, interrupt and resume tests, three times in a row while busy loops take every core
+	bash scripts/stress.sh
 
 test-fast:  ## tests that need neither Docker nor models
 	.venv/bin/python -m pytest -q -m "not docker and not vllm and not slow"

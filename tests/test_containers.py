@@ -38,6 +38,7 @@ def leftover_of_a_killed_process(run_label: str) -> str:
 
 
 # 9. A signal while the container is being created or started leaves no container behind.
+@pytest.mark.stress
 @pytest.mark.parametrize("delay", [0.0, 0.15, 0.4, 0.8])
 def test_signal_during_container_start_leaves_no_container(delay, words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"

@@ -66,6 +66,7 @@ def test_garbage_reply_is_an_api_error(words_repo, tmp_path, docker_client):
 
 
 # 1. Ctrl-C / SIGTERM while a model call is in flight.
+@pytest.mark.stress
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_a_model_call_is_interrupted(sig, words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"
@@ -85,6 +86,7 @@ def test_signal_during_a_model_call_is_interrupted(sig, words_repo, tmp_path, do
 
 
 # 4. A model that accepts the connection and never answers: --time-limit is honoured mid-call.
+@pytest.mark.stress
 def test_time_limit_is_honoured_during_a_hung_model_call(words_repo, tmp_path, docker_client):
     with ScriptedServer(Script(FIX_SCRIPT), hang_from=0, hang_s=300) as server:
         start = time.time()

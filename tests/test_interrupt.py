@@ -14,13 +14,27 @@ import pytest
 from comem_cli.testing.scripted_server import Script, ScriptedServer
 from tests.conftest import comem_containers
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stress]
 
 SLOW_SCRIPT = [
     "THOUGHT: Look around.\n\n```bash\nls\n```",
     "THOUGHT: A long command.\n\n```bash\nsleep 60\n```",
     "THOUGHT: never reached\n\n```bash\necho COMEM_SUBMIT\n```",
 ]
+
+
+def sleeping_containers(client, out) -> list:
+    """The run's containers in which `sleep 60` runs now."""
+    runs = list(out.iterdir()) if out.exists() else []
+    found = []
+    for container in (comem_containers(client, runs[0].name) if runs else []):
+        try:
+            processes = container.top().get("Processes") or []
+        except Exception:  # noqa: BLE001 - created, not yet running, or just removed
+            continue
+        if any("sleep 60" in " ".join(p) for p in processes):
+            found.append(container)
+    return found
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -31,14 +45,14 @@ def test_signal_mid_command_cleans_up(sig, words_repo, tmp_path, docker_client):
             [sys.executable, "-m", "comem_cli", "fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"),
              "-m", "openai/scripted", "--api-base", server.url, "-o", str(out), "--memory", "full"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+        # Wait for the event itself: `sleep 60` (step 1) running in the run's container.
+        assert server.wait_for_requests(2, 120), "the run never reached its second step"
         deadline = time.time() + 120
-        # Wait until step 0 is on disk and the model has been asked for step 1 (the `sleep 60`).
-        while time.time() < deadline and len(server.requests) < 2:
+        while time.time() < deadline and not sleeping_containers(docker_client, out):
+            assert proc.poll() is None, proc.communicate()
             time.sleep(0.2)
-        assert len(server.requests) >= 2, "the run never reached its second step"
-        time.sleep(1.5)  # let `sleep 60` start in the container
-        run_dir = next(out.iterdir())
-        assert comem_containers(docker_client, run_dir.name), "the sandbox should be running now"
+        (run_dir,) = list(out.iterdir())
+        assert sleeping_containers(docker_client, out), "the sandbox should be running `sleep 60` now"
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stdout + stderr

@@ -186,7 +186,7 @@ def _job_key(request_id: str) -> str:
     return "-".join(request_id.split("-")[:2])  # comem-<job>[-prefill | -<section>]
 
 
-def _until(predicate, timeout=10.0):
+def _until(predicate, timeout=60.0):
     deadline = time.time() + timeout
     while not predicate():
         assert time.time() < deadline, "the memory worker did not react"

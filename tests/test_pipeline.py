@@ -89,7 +89,7 @@ def run_pipeline(config: MemoryConfig, n_steps: int, finish_after: dict[int, int
     return out, totals, ctx
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:
+def wait_until(predicate, timeout: float = 60.0) -> bool:
     deadline = time.time() + timeout
     while not predicate():
         if time.time() > deadline:
@@ -220,10 +220,8 @@ def test_prewarm_sends_the_next_swapped_prompt():
     for n in range(6):
         for job in ctx.jobs:
             backend.gate(f"comem-{job.id}").set()
-            wait_until(lambda: not job.live)
-        deadline = time.time() + 5
-        while len(sent) < sum(j.status == "done" for j in ctx.jobs) and time.time() < deadline:
-            time.sleep(0.01)
+            assert wait_until(lambda: not job.live)
+        assert wait_until(lambda: len(sent) >= sum(j.status == "done" for j in ctx.jobs), 60), "a swap was never pre-warmed"
         view, events = ctx.prepare(steps)
         views.append(view)
         steps.append(make_step(n))
@@ -338,9 +336,7 @@ def _one_summary(backend, **config):
     steps = [make_step(0)]
     ctx.prepare([])
     ctx.completed(steps)
-    deadline = time.time() + 20
-    while ctx.jobs[0].live and time.time() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: not ctx.jobs[0].live, 60), "the summary never ended"
     return ctx
 
 
@@ -375,9 +371,7 @@ def test_a_failed_section_fails_the_summary_and_cancel_reaches_every_request():
     ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=1, launch_tokens=0), "sys", "task", held, pool=POOL)
     ctx.prepare([])
     ctx.completed([make_step(0)])
-    deadline = time.time() + 20
-    while len(held.calls) < 5 and time.time() < deadline:
-        time.sleep(0.01)
+    assert wait_until(lambda: len(held.calls) >= 5, 60), "the five requests were never all sent"
     job = ctx.jobs[0]
     ctx.close()  # the run ends with the summary in flight: all five of its requests are cancelled
     hold.set()
