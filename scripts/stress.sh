@@ -4,6 +4,8 @@
 # events (a request arrived, a call is hanging, a process runs in the container), never on sleeps, so
 # they pass whatever the load; this shows it.
 set -euo pipefail
+# Functions exported into the environment (export -f) never stand in for the programs checked here.
+for f in $(compgen -A function); do unset -f "$f"; done
 cd "$(dirname "$0")/.."
 rounds="${STRESS_ROUNDS:-3}"
 loops="${STRESS_LOOPS:-$(nproc)}"
