@@ -143,8 +143,9 @@ class Agent:
             raise Interrupted("the benchmark was interrupted")
         if len(self.steps) >= c.max_steps:
             raise StepLimit(f"reached {c.max_steps} steps")
-        if c.cost_limit and self.model.cost >= c.cost_limit:
-            raise CostLimit(f"spent ${self.model.cost:.2f} of ${c.cost_limit:.2f}")
+        spent = self.model.cost + getattr(self.context, "cost", 0.0)  # summaries the main model writes count too
+        if c.cost_limit and spent >= c.cost_limit:
+            raise CostLimit(f"spent ${spent:.2f} of ${c.cost_limit:.2f}")
         if time.time() - self.started >= c.time_limit_s:
             raise TimeLimit(f"ran {c.time_limit_s:.0f} s")
 

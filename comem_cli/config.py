@@ -6,7 +6,7 @@ environment variables for behaviour, which keeps the agent, sandbox and memory c
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -25,6 +25,9 @@ ARM_HELP = {
     "threshold": "background compaction from 80% of the budget, blocking at 95% (GitHub Copilot)",
     "comem": "k-step-off summaries that never block unless the budget overflows",
 }
+# Memory backends (memory/backends.py says what `auto` picks).
+Backend = Literal["auto", "vllm", "openai", "transformers", "main"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 # The paper's pipeline, in MemoryConfig terms: launch every 4 steps, wait from one step after launch.
 PAPER_EVERY, PAPER_K = 4, 1
 THRESHOLD_START, THRESHOLD_BLOCK = 0.80, 0.95  # of raw_budget
@@ -86,7 +89,7 @@ class MemoryConfig(BaseModel):
     launch_tokens: int = Field(DEFAULT_LAUNCH_TOKENS, ge=0)
     raw_budget: int = Field(12_000, ge=256)  # tokens of raw tail a view may carry
     mask_window: int = Field(5, ge=0)  # `mask` arm: observations older than this many steps are elided
-    backend: Literal["auto", "vllm", "openai", "transformers"] = "auto"
+    backend: Backend = "auto"
     model: str | None = None
     api_base: str | None = None
     max_summary_tokens: int = 2048
@@ -117,3 +120,13 @@ class RunConfig(BaseModel):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    def for_run_dir(self) -> dict[str, Any]:
+        """The config as a run dir's meta.json keeps it: the server URLs without credentials, since
+        run dirs are shared (comem_cli/redact.py; `fix --resume` asks for a redacted URL again)."""
+        from comem_cli.redact import redact_url
+
+        data = self.model_dump()
+        for section in ("model", "memory"):
+            data[section]["api_base"] = redact_url(data[section]["api_base"])
+        return data

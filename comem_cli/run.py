@@ -60,7 +60,7 @@ def load_memory_backend(config: RunConfig, backend=None):
         return backend, False
     from comem_cli.memory.backends import load_backend
 
-    return load_backend(config.memory), True
+    return load_backend(config.memory, main=config.model), True
 
 
 def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callable[[Sandbox], None] | None = None,
@@ -79,7 +79,7 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
     task_text = cut_middle(task_text, config.agent.max_issue_chars)  # a 10 MB issue must not reach the model whole
     task = render("instance.j2", issue=task_text, workdir=config.sandbox.workdir, timeout=config.sandbox.command_timeout_s)
     meta = {"comem_version": __version__, "status": "running", "started": time.time(), **(meta or {}),
-            "config": config.model_dump(), "prompts": {"system": system, "task": task}}
+            "config": config.for_run_dir(), "prompts": {"system": system, "task": task}}
     if issue_chars > config.agent.max_issue_chars:
         meta["issue_cut"] = {"chars": issue_chars, "kept": config.agent.max_issue_chars}
     with signals_deferred(reraise=False) as received:  # a signal now ends the run below, with meta.json final
@@ -187,4 +187,6 @@ def totals(result: RunResult) -> dict[str, Any]:
         "command_s": round(sum(s.command.seconds for s in steps if s.command), 3),
         "patch_lines": result.patch.count("\n"),
         **{k: v for k, v in result.memory.items() if k != "jobs"},
+        # the agent's and the memory model's dollars (the latter where the main model wrote the summaries)
+        "total_cost": round(result.cost + float(result.memory.get("memory_cost", 0.0)), 6),
     }

@@ -45,7 +45,7 @@ def _runner(name: str):
         every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
         launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
         raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
-        memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers.", rich_help_panel=MEMORY),
+        memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries).", rich_help_panel=MEMORY),
         memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
         memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
         prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),

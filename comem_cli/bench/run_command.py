@@ -90,8 +90,10 @@ def bench_command(s: BenchSettings) -> int:
 
     arms = parse_arms(s.memory)
     k = s.k_value()
-    if s.memory_backend not in ("auto", "vllm", "openai", "transformers"):
-        raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {s.memory_backend!r})")
+    from comem_cli.config import BACKENDS
+
+    if s.memory_backend not in BACKENDS:
+        raise UserError(f"--memory-backend must be one of {', '.join(BACKENDS)} (got {s.memory_backend!r})")
     if s.executor not in ("threads", "ray"):
         raise UserError(f"--executor must be threads or ray (got {s.executor!r})")
     instances = datasets.select(datasets.load_instances(s.name, s.dataset),

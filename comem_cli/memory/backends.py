@@ -7,6 +7,14 @@ it loads, and building it. The interface they share is `comem_cli.memory.base`.
   Module: openai_backend.py.
 - `transformers`: a local Hugging Face model (directory, hub id, or .gguf) on CPU or GPU,
   generation serialized. Module: hf.py.
+- `main`: the main model writes the summaries through the same litellm path as the agent (one
+  request per summary; its tokens and cost are the run's too). Module: openai_backend.py.
+
+`auto` picks, in order: `openai` when a memory server is given (--memory-api-base or an
+`openai/...` memory model); `vllm` when vLLM imports and a GPU is there; `transformers` when a local
+memory model is named (--memory-model DIR or hub id); else `main`, which works wherever the main
+model does. SmolLM2-135M (the offline CPU model) is used when asked for: `--memory-backend
+transformers` with no --memory-model.
 
 Every backend takes OpenAI-style messages and returns the summary text; heavy libraries are
 imported only when a backend is built.
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from comem_cli.config import MemoryConfig
+from comem_cli.config import MemoryConfig, ModelConfig
 from comem_cli.errors import UserError
 from comem_cli.memory.base import MemoryBackend
 
@@ -52,21 +60,28 @@ def resolve_model(config: MemoryConfig) -> str:
 
 
 def choose_backend(config: MemoryConfig) -> str:
+    """The backend `--memory-backend` names, or the one `auto` picks (see the module docstring)."""
     if config.backend != "auto":
         return config.backend
     if config.api_base or (config.model or "").startswith(("openai/", "hosted_vllm/")):
         return "openai"
-    if _has("vllm"):
+    if _has("vllm") and _cuda():
         return "vllm"
-    if _has("transformers"):
+    if config.model and _has("transformers"):
         return "transformers"
-    raise UserError("no memory backend available: install comem[memory] (transformers) or comem[vllm], "
-                    "point --memory-api-base at an OpenAI-compatible server, or run with --memory mask / full")
+    return "main"
 
 
-def load_backend(config: MemoryConfig) -> MemoryBackend:
-    """Build the backend a MemoryConfig asks for. Raises UserError when it cannot be built."""
+def load_backend(config: MemoryConfig, main: ModelConfig | None = None) -> MemoryBackend:
+    """Build the backend a MemoryConfig asks for (`main`: the run's main model, for the `main`
+    backend). Raises UserError when it cannot be built."""
     kind = choose_backend(config)
+    if kind == "main":
+        if main is None:
+            raise UserError("--memory-backend main needs a main model (--model)")
+        from comem_cli.memory.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(main.name, main.api_base, timeout_s=config.timeout_s, name="main", parallel=False)
     if kind == "openai":
         if not config.model:
             raise UserError("--memory-backend openai needs --memory-model (e.g. openai/<served name>)")

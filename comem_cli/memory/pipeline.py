@@ -260,6 +260,16 @@ class MemoryContext:
     def waits(self) -> list[dict[str, Any]]:
         return self.schedule.waits
 
+    def usage(self) -> dict[str, Any]:
+        """Tokens and dollars the memory model's requests cost, where its backend bills them."""
+        usage = getattr(self.backend, "usage", None)
+        return usage() if callable(usage) else {}
+
+    @property
+    def cost(self) -> float:
+        """Dollars the summaries cost so far (the main model writing them bills them): part of --cost-limit."""
+        return float(self.usage().get("memory_cost", 0.0))
+
     @property
     def events(self) -> list[dict[str, Any]]:
         return self.schedule.events
@@ -272,6 +282,8 @@ class MemoryContext:
         hidden = sum(overlap((j.started, j.finished), busy) for j in ran)
         return {
             **self.schedule.totals(), "k": self.k, "every": self.every,
+            "memory_backend": getattr(self.backend, "name", None),
+            **self.usage(),
             "memory_s": round(memory_s, 3),
             "hidden_fraction": round(hidden / memory_s, 4) if memory_s > 0 else None,
             "jobs": [j.record() for j in jobs],
