@@ -15,11 +15,83 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from comem_cli.errors import UserError
 from comem_cli.rollouts import RunRecord, atomic_write_text, read_run
 
 COLORS = {"model": "#4C78A8", "command": "#72B7B2", "memory": "#F58518", "queued": "#FBD38D", "wait": "#E45756",
           "cached": "#54A24B", "uncached": "#9D755D", "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "paper": "#B6992D", "threshold": "#FF9DA6", "comem": "#F58518", "reward": "#B279A2"}
+
+
+class _Recorded(BaseModel):
+    """Keeps the fields it does not name: the report reads a few, the rest stays as recorded."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class MemoryJob(_Recorded):
+    """One summary job of meta.json's memory_jobs, as the timeline draws it."""
+
+    id: int
+    cutoff: int
+    status: str
+    queued: float | None = None
+    started: float | None = None
+    finished: float | None = None
+
+
+class Totals(_Recorded):
+    """The run totals the table sums (absent until a run ends)."""
+
+    wall_s: float = 0.0
+    summaries: int | None = None
+    hidden_fraction: float | None = None
+    waits: int | None = None
+
+
+class MemorySettings(_Recorded):
+    arm: str | None = None
+
+
+class Settings(_Recorded):
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+
+
+class IssueInfo(_Recorded):
+    title: str | None = None
+
+
+class RunMeta(_Recorded):
+    """What the report reads of a run's meta.json. Checked once when the run is found, so a hand-edited
+    or foreign file ends in one line naming the field instead of an error deep in the drawing code."""
+
+    arm: str | None = None
+    status: str = "?"
+    instance_id: str | None = None
+    issue: IssueInfo = Field(default_factory=IssueInfo)
+    config: Settings = Field(default_factory=Settings)
+    totals: Totals = Field(default_factory=Totals)
+    memory_jobs: list[MemoryJob] = Field(default_factory=list)
+
+
+EXPECTED = {"model_type": "should be a JSON object", "dict_type": "should be a JSON object",
+            "list_type": "should be a JSON list", "string_type": "should be a string",
+            "int_type": "should be an integer", "int_parsing": "should be an integer", "int_from_float": "should be an integer",
+            "float_type": "should be a number", "float_parsing": "should be a number", "missing": "is missing"}
+
+
+def checked_meta(run: RunRecord) -> dict[str, Any]:
+    """The run's meta with every field the report reads present and of the right type; a UserError
+    naming the file and the first wrong field otherwise."""
+    try:
+        return RunMeta.model_validate(run.meta).model_dump()
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".") or "the file"
+        got = json.dumps(first.get("input"), default=str)
+        got = got if len(got) <= 40 else got[:37] + "..."
+        raise UserError(f"{run.path / 'meta.json'}: {where} {EXPECTED.get(first['type'], first['msg'])} (got {got})") from None
 
 
 @dataclass
@@ -44,7 +116,8 @@ def find_sources(path: Path) -> Sources:
             run = read_run(traj.parent)
         except (ValueError, OSError) as e:
             raise UserError(f"cannot read run {traj.parent}: {' '.join(str(e).split())[:200]}") from None
-        arm = run.meta.get("arm") or run.meta.get("config", {}).get("memory", {}).get("arm") or "run"
+        run.meta = checked_meta(run)
+        arm = run.meta["arm"] or run.meta["config"]["memory"]["arm"] or "run"
         runs.setdefault(arm, []).append(run)
     if not runs and training is None:
         raise UserError(f"{path} holds no comem run (trajectory.jsonl) and no train_report.json")
@@ -70,7 +143,7 @@ def timeline_svg(run: RunRecord, width: int = 1100) -> str:
     steps = run.steps
     if not steps:
         return "<p>no steps recorded</p>"
-    jobs = run.meta.get("memory_jobs") or []
+    jobs = run.meta["memory_jobs"]
     waits = [e for s in steps for e in s.memory if e.get("kind") == "wait"]
     t0 = min([s.model.start for s in steps] + [j["queued"] for j in jobs if j.get("queued")])
     t1 = max([s.command.end if s.command else s.model.end for s in steps] + [j["finished"] for j in jobs if j.get("finished")])
@@ -161,11 +234,11 @@ def totals_table(runs: dict[str, list[RunRecord]]) -> str:
     rows = ["<table class='totals'><tr><th>arm</th><th>runs</th><th>steps</th><th>status</th><th>wall s</th>"
             "<th>summaries</th><th>hidden</th><th>waits</th></tr>"]
     for arm, rs in runs.items():
-        t = [r.meta.get("totals", {}) for r in rs]
+        t = [r.meta["totals"] for r in rs]
         hidden = [x.get("hidden_fraction") for x in t if x.get("hidden_fraction") is not None]
-        statuses = sorted({r.meta.get("status", "?") for r in rs})
+        statuses = sorted({r.meta["status"] for r in rs})
         rows.append(f"<tr><td>{_esc(arm)}</td><td>{len(rs)}</td><td>{sum(len(r.steps) for r in rs)}</td>"
-                    f"<td>{_esc(', '.join(statuses))}</td><td>{sum(x.get('wall_s', 0) for x in t):.1f}</td>"
+                    f"<td>{_esc(', '.join(statuses))}</td><td>{sum(x['wall_s'] for x in t):.1f}</td>"
                     f"<td>{sum(x.get('summaries', 0) or 0 for x in t)}</td>"
                     f"<td>{(100 * sum(hidden) / len(hidden)) if hidden else 0:.0f}%</td>"
                     f"<td>{sum(x.get('waits', 0) or 0 for x in t)}</td></tr>")
@@ -196,7 +269,7 @@ def render_html(src: Sources, max_timelines: int = 8) -> str:
             for run in rs:
                 if shown >= max_timelines:
                     break
-                label = run.meta.get("instance_id") or run.meta.get("issue", {}).get("title") or run.path.name
+                label = run.meta["instance_id"] or run.meta["issue"]["title"] or run.path.name
                 body.append(f"<h3>{_esc(arm)} · {_esc(label)}</h3>" + timeline_svg(run))
                 shown += 1
     if src.training is not None:
@@ -227,7 +300,7 @@ def render_png(src: Sources, path: Path) -> None:
                 ax.barh("command", s.command.seconds, left=s.command.start - t0, color=COLORS["command"])
             for w in (e for e in s.memory if e.get("kind") == "wait"):
                 ax.barh("wait", w["end"] - w["start"], left=w["start"] - t0, color=COLORS["wait"])
-        for j in run.meta.get("memory_jobs") or []:
+        for j in run.meta["memory_jobs"]:
             if j.get("started") and j.get("finished"):
                 ax.barh("memory", j["finished"] - j["started"], left=j["started"] - t0, color=COLORS["memory"])
         ax.set_title(f"timeline: {run.path.name}")

@@ -67,3 +67,23 @@ def test_report_of_two_arms_and_a_training_run(words_repo, tmp_path, docker_clie
 def test_report_bad_input(tmp_path):
     r = run_cli("report", str(tmp_path))
     assert r.returncode == 2 and "holds no comem run" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("field, value, named", [("config", 5, "config should be a JSON object (got 5)"),
+                                                 ("status", None, "status should be a string (got null)"),
+                                                 ("memory_jobs", 7, "memory_jobs should be a JSON list (got 7)")])
+def test_report_of_a_meta_json_with_a_wrong_type_is_one_line(words_repo, tmp_path, docker_client, field, value, named):
+    out = tmp_path / "runs"
+    with ScriptedServer(Script(ECHO_SCRIPT)) as main:
+        r = run_cli("fix", "-r", str(words_repo), "-i", str(words_repo / "ISSUE.md"), "-m", "openai/main",
+                    "--api-base", main.url, "-o", str(out), "--no-apply", "--memory", "full")
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = [d for d in out.iterdir() if d.is_dir()]
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta[field] = value
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+
+    r = run_cli("report", str(out))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"comem: error: {run_dir / 'meta.json'}: {named}", r.stderr
+    assert not (out / "report.html").exists()
