@@ -1,8 +1,10 @@
 """`comem fix --resume RUN_DIR`: continue a run that was interrupted or killed (SIGKILL included).
 
-1. Read the run dir strictly: meta.json of this comem version, a status that is not final, every
-   trajectory line readable. A truncated last line (the process died mid-write) is dropped and the
-   readable prefix kept; a corrupt line elsewhere is an error.
+1. Read the run dir strictly, before anything is written: meta.json of this comem version, a
+   status that is not final, the snapshot readable whole, every trajectory line readable. A
+   truncated last line (the process died mid-write) is dropped and the readable prefix kept; a
+   corrupt line elsewhere is an error. A server URL recorded without its credentials must be
+   given again.
 2. A fresh sandbox gets the run's repository snapshot (snapshot.tar.gz) and the recorded commands
    are executed again in order. Each output is compared with the recorded observation (decimal
    numbers such as test timings aside); the first step that differs is named in a warning (the run
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 from comem_cli import __version__
 from comem_cli.errors import UserError
 from comem_cli.rollouts import META, TRAJECTORY, StepRecord, atomic_write_text
-from comem_cli.snapshot import SNAPSHOT, load_snapshot
+from comem_cli.snapshot import SNAPSHOT, SnapshotError, load_snapshot
 
 _DECIMAL = re.compile(r"\d+\.\d+")
 
@@ -52,6 +54,7 @@ class Recorded:
     meta: dict[str, Any]
     steps: list[StepRecord]
     dropped_partial: bool  # a truncated last line was dropped
+    archive: bytes  # the repository snapshot, checked whole (snapshot.load_snapshot)
 
 
 def _fail(run_dir: Path, why: str) -> UserError:
@@ -125,8 +128,12 @@ def read_recorded(run_dir: Path) -> Recorded:
         raise _fail(run_dir, f"{META} lacks the issue text or the config")
     if not (run_dir / SNAPSHOT).is_file():
         raise _fail(run_dir, f"no {SNAPSHOT} (the repository snapshot the run started from)")
+    try:  # before anything is written (read_steps_strict may rewrite the trajectory)
+        archive = load_snapshot(run_dir)
+    except SnapshotError as e:
+        raise _fail(run_dir, str(e)) from None
     steps, dropped = read_steps_strict(run_dir)
-    return Recorded(run_dir=run_dir, meta=meta, steps=steps, dropped_partial=dropped)
+    return Recorded(run_dir=run_dir, meta=meta, steps=steps, dropped_partial=dropped, archive=archive)
 
 
 def resumed_config(meta: dict[str, Any], overrides: dict[str, Any]):
@@ -138,9 +145,25 @@ def resumed_config(meta: dict[str, Any], overrides: dict[str, Any]):
         section, field = OVERRIDABLE[option]
         data[section][field] = value
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(f"cannot resume: the recorded config is not valid ({str(e).splitlines()[0]})") from None
+    require_redacted_urls(config, set(overrides))
+    return config
+
+
+def require_redacted_urls(config, given: set[str]) -> None:
+    """A recorded server URL lost its credentials (comem_cli/redact.py) and cannot reach the server
+    as it is: the user gives it again, as API keys are given again (from the environment)."""
+    from comem_cli.config import SUMMARIZING_ARMS
+    from comem_cli.redact import is_redacted
+
+    used = {"api_base": config.model.api_base,
+            "memory_api_base": config.memory.api_base if config.memory.arm in SUMMARIZING_ARMS else None}
+    missing = ["--" + option.replace("_", "-") for option, url in used.items() if option not in given and is_redacted(url)]
+    if missing:
+        flags = " and ".join(missing)
+        raise UserError(f"cannot resume: the run dir keeps {flags} without the credentials it held; pass {flags} again")
 
 
 def replay(sandbox, archive: bytes, steps: list[StepRecord], timeout: int, max_observation_chars: int) -> int | None:
@@ -248,9 +271,6 @@ def resume(recorded: Recorded, config, repo, issue, *, branch: str | None = None
         repo.check_branch_name(branch)
         if repo.branch_exists(branch) and not force:
             raise UserError(f"branch {branch!r} already exists; pass --force to overwrite it or --branch NAME")
-    archive = load_snapshot(recorded.run_dir)
-    if archive is None:
-        raise _fail(recorded.run_dir, f"{SNAPSHOT} is not readable")
     LitellmModel(config.model).preflight()
     require_image(docker_client(), config.sandbox.image)
     remove_leftovers(recorded.run_dir.name)
@@ -265,7 +285,7 @@ def resume(recorded: Recorded, config, repo, issue, *, branch: str | None = None
                                                   "dropped_partial_line": recorded.dropped_partial}]
 
     def prepare(sandbox) -> None:
-        first = replay(sandbox, archive, recorded.steps, config.sandbox.command_timeout_s, config.agent.max_observation_chars)
+        first = replay(sandbox, recorded.archive, recorded.steps, config.sandbox.command_timeout_s, config.agent.max_observation_chars)
         history[-1]["replay_first_difference"] = first
         if first is not None:
             warn(f"warning: replay: the command of step {first} printed something else than in the recorded run; "
