@@ -61,6 +61,7 @@ def fix(
     summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per step, without the commands' output (--confirm shows it anyway)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted or killed run from its run dir (model, API base and limits may be given anew)."),
     pr: bool = typer.Option(False, "--pr", help="Push the branch and open a pull request (GitHub REST API, GITHUB_TOKEN)."),
     remote: str = typer.Option("origin", "--remote", help="With --pr: the git remote to push the branch to."),
@@ -130,16 +131,19 @@ def fix(
         console.print(f"[bold]comem fix[/bold] {escape(plain(repr(the_issue.title[:70])))} · model {escape(config.model.name)} · "
                       f"memory {config.memory.arm} · sandbox {escape(image_name)}\n[dim]run dir {escape(str(run_dir))}[/dim]")
 
+    def show_step(step) -> None:  # a reviewer always sees what each command printed
+        print_step(step, quiet=quiet and not confirm)
+
     if recorded is not None:
         from comem_cli.resume import resume as run_resume
 
         outcome = run_resume(recorded, config, user_repo, the_issue, branch=branch, apply=apply, force=force,
-                             on_step=print_step, on_start=on_start, confirm=confirmer,
+                             on_step=show_step, on_start=on_start, confirm=confirmer,
                              report=lambda text: console.print(text, style="dim", markup=False, soft_wrap=True),
                              warn=lambda text: err_console.print(text, style="yellow", markup=False, soft_wrap=True))
     else:
         outcome = run_fix(user_repo, the_issue, config, output=output, branch=branch, apply=apply, force=force,
-                          on_step=print_step, on_start=on_start, confirm=confirmer,
+                          on_step=show_step, on_start=on_start, confirm=confirmer,
                           include_untracked_secrets=include_untracked_secrets)
     console.print(run_table(outcome))
     if pr_target is not None and outcome.branch:

@@ -47,13 +47,20 @@ class Confirmer:
         except EOFError:  # Ctrl-D: the same as quitting
             return None
 
+    def show(self, record: StepRecord) -> None:
+        """The whole thought and the whole command, control characters written out (`plain`): what is
+        shown is exactly what will run, nothing hidden, overwritten or restyled by escape sequences."""
+        from rich.text import Text
+
+        from comem_cli.ui import plain
+
+        self.console.print(Text.assemble("\n", (f"step {record.step}", "bold"), " ", (plain(thought_of(record.response)), "dim")))
+        self.console.print(Text("$ " + plain(record.action), "bold cyan"))
+
     def __call__(self, record: StepRecord) -> bool:
         if self.auto:
             return True
-        from rich.markup import escape
-
-        self.console.print(f"\n[bold]step {record.step}[/bold] [dim]{escape(thought_of(record.response))}[/dim]")
-        self.console.print(f"[bold cyan]$ {escape(record.action)}[/bold cyan]")
+        self.show(record)
         asked = time.time()
         while True:
             answer = self._read(PROMPT)

@@ -1,4 +1,6 @@
-"""Terminal output: one line per step while a run goes, a table at the end (rich)."""
+"""Terminal output: a line per step while a run goes (and, unless quiet, the command's output under
+it), a table at the end (rich). Every text that came from a model, a command or a provider passes
+through `plain` before it reaches the terminal."""
 
 from __future__ import annotations
 
@@ -18,17 +20,30 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)  # warnings that must not mix with the run's output
 
 
-# Terminal escape sequences (CSI, OSC, other ESC sequences) and control characters: text from the
-# model or a provider is shown as text, never interpreted by the user's terminal (nor as rich markup).
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC starts every escape
+# sequence: colours, hidden text, cursor moves, clearing the screen, the window title) and the
+# bidirectional-text controls that reorder what is displayed. Newline and tab are kept.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+OUTPUT_HEAD, OUTPUT_TAIL = 8, 8  # lines of a command's output shown under its step line
+
+
+def _written_out(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def plain(text: str) -> str:
-    """`text` without terminal escape sequences and control characters (newlines and tabs kept)."""
-    return _ESCAPES.sub("", text)
+    """`text` safe to show a person: each control character written out (`\\x1b`, `\\x0d`) rather than
+    sent to the terminal, so that nothing shown can hide, overwrite or restyle what follows it; a
+    reviewer sees the whole command that will run. Windows line ends become newlines. The one
+    sanitizer for the step line, the --confirm prompt, the output under a step and the final table;
+    printed as a rich `Text`, it is never read as markup either."""
+    return _CONTROLS.sub(_written_out, text.replace("\r\n", "\n"))
 
 
-def print_step(step: StepRecord) -> None:
+def step_line(step: StepRecord) -> Text:
+    """Timings, tokens and the command's first line, for one step."""
     if step.action is not None:
         action = Text((plain(step.action).splitlines() or [""])[0])
     else:
@@ -41,9 +56,56 @@ def print_step(step: StepRecord) -> None:
     wait = f" wait {sum(e['end'] - e['start'] for e in waits):.1f}s" if waits else ""
     summary = f" mem@{step.view.summary_cutoff}" if step.view.summary_cutoff is not None else ""
     cache = f" {cache_cell(step.cached_tokens, step.prompt_tokens, step.cache_saved)}" if step.cached_tokens else ""
-    line = Text.assemble((f"step {step.step:3d}", "dim"), f" model {step.model.seconds:5.1f}s {cmd} ",
+    return Text.assemble((f"step {step.step:3d}", "dim"), f" model {step.model.seconds:5.1f}s {cmd} ",
                          (f"{step.prompt_tokens:6d} tok{cache}{summary}{wait}", "dim"), "  ", ("$", "bold"), " ", action)
-    console.print(line, no_wrap=True, overflow="ellipsis")
+
+
+def swap_lines(step: StepRecord) -> list[Text]:
+    """A summary that replaced earlier steps in the prompt from this step on, as one line saying which
+    steps it covers (the schedule records a job among the step's memory events when it is first used)."""
+    lines = []
+    for event in step.memory:
+        if event.get("kind") == "job" and event.get("cutoff"):
+            covered = "step 0" if event["cutoff"] == 1 else f"steps 0-{event['cutoff'] - 1}"
+            lines.append(Text(f"memory: {covered} now a summary ({event.get('summary_tokens', 0)} tokens)", "magenta"))
+    return lines
+
+
+def command_output(step: StepRecord) -> str | None:
+    """What the command printed, as the model was shown it (a long output already cut to its head and
+    tail): the `<output>` part of the observation. None when no command ran (a reply, a format error)."""
+    start, end = step.observation.find("<output>\n"), step.observation.rfind("\n</output>")
+    if step.command is None or start < 0 or end < start:
+        return None
+    return step.observation[start + len("<output>\n"):end]
+
+
+def output_block(step: StepRecord) -> Text | None:
+    """The command's output to show under its step line: head and tail lines, dimmed, the number of
+    lines left out between them, and the exit status when it is not 0."""
+    output = command_output(step)
+    if output is None:
+        return None
+    lines = plain(output).splitlines() or ["(no output)"]
+    if len(lines) > OUTPUT_HEAD + OUTPUT_TAIL + 1:
+        lines = lines[:OUTPUT_HEAD] + [f"[... {len(lines) - OUTPUT_HEAD - OUTPUT_TAIL} lines elided ...]"] + lines[-OUTPUT_TAIL:]
+    if step.timed_out:
+        lines.append("(stopped: timed out)")
+    elif step.returncode:
+        lines.append(f"(exit {step.returncode})")
+    return Text("\n".join("    " + line for line in lines), "dim")
+
+
+def print_step(step: StepRecord, quiet: bool = False) -> None:
+    """A finished step: its line; unless `quiet`, a summary swapped in at it before that line and the
+    command's output under it."""
+    if not quiet:
+        for line in swap_lines(step):
+            console.print(line, no_wrap=True, overflow="ellipsis")
+    console.print(step_line(step), no_wrap=True, overflow="ellipsis")
+    block = None if quiet else output_block(step)
+    if block is not None:
+        console.print(block, no_wrap=True, overflow="ellipsis")
 
 
 def run_table(outcome) -> Table:
@@ -67,19 +129,19 @@ def run_table(outcome) -> Table:
     elif mem.get("arm"):
         table.add_row("memory", mem["arm"])
     patch_lines = r.patch.count("\n")
-    table.add_row("patch", f"{patch_lines} lines -> {Path(outcome.run_dir) / 'patch.diff'}")
+    table.add_row("patch", Text(f"{patch_lines} lines -> {plain(str(Path(outcome.run_dir) / 'patch.diff'))}"))
     for note in getattr(r, "patch_notes", None) or []:
         table.add_row("patch note", Text(plain(note), "yellow"))
     left_out = getattr(outcome, "left_out", None) or []
     if left_out:
-        shown = ", ".join(left_out[:8]) + (f" (+{len(left_out) - 8} more)" if len(left_out) > 8 else "")
+        shown = ", ".join(plain(name) for name in left_out[:8]) + (f" (+{len(left_out) - 8} more)" if len(left_out) > 8 else "")
         table.add_row("left out", Text(f"{shown}: untracked files that look like secrets, not copied "
                                        "(--include-untracked-secrets to copy them)", "yellow"))
     if outcome.branch:
-        table.add_row("branch", f"[cyan]{outcome.branch}[/cyan] ({outcome.commit[:10]})")
+        table.add_row("branch", Text.assemble((plain(outcome.branch), "cyan"), f" ({outcome.commit[:10]})"))
     elif outcome.apply_error:
         table.add_row("branch", Text.assemble(("not created", "red"), f": {plain(outcome.apply_error)}"))
     else:
         table.add_row("branch", "none (--no-apply or empty patch)")
-    table.add_row("run dir", str(outcome.run_dir))
+    table.add_row("run dir", Text(plain(str(outcome.run_dir))))
     return table

@@ -3,6 +3,7 @@ to automatic, or quits; every decision is in the trajectory. Real CLI, Docker, H
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -17,6 +18,10 @@ from tests.conftest import FIX_SCRIPT, REPO_ROOT, comem_containers, git, run_cli
 pytestmark = pytest.mark.docker
 
 ASK = r"\[q\]uit > "
+# A command whose second half is concealed (ESC[8m) and a thought that clears the screen and sets the window title.
+HIDDEN = "echo visible-part\x1b[8m; touch HIDDEN_CMD_RAN\x1b[0m"
+DECEIVING_SCRIPT = ["THOUGHT: \x1b[2J\x1b]0;innocent title\x07Just listing files.\n\n```bash\n" + HIDDEN + "\n```",
+                    "THOUGHT: Done.\n\n```bash\necho COMEM_SUBMIT\n```"]
 SUMMARY = "## Task\nFix count_words.\n## Files and code state\nwords.py read.\n## Actions and outcomes\nLooked around.\n## Tests\nFailing."
 
 
@@ -111,3 +116,31 @@ def test_confirm_without_a_terminal_is_a_one_line_error(words_repo, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--confirm needs a terminal" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_escape_sequences_cannot_hide_any_of_a_command_from_the_reviewer(words_repo, tmp_path, docker_client):
+    """The terminal gets every control character of the thought, the command and its output written
+    out (`\\x1b`), never the character itself: the reviewer reads the whole command that will run."""
+    out, screen = tmp_path / "runs", io.StringIO()
+    with ScriptedServer(Script(DECEIVING_SCRIPT)) as main:
+        child = spawn(words_repo, out, main.url, "--memory", "full", "--no-apply")
+        child.logfile_read = screen
+        child.expect(ASK)
+        asked = child.before
+        child.sendline("r")
+        child.expect(ASK)
+        child.sendline("r")
+        child.expect(pexpect.EOF)
+        child.close()
+    assert child.exitstatus == 0, screen.getvalue()
+    assert r"$ echo visible-part\x1b[8m; touch HIDDEN_CMD_RAN\x1b[0m" in asked
+    assert r"\x1b[2J\x1b]0;innocent title\x07Just listing files." in asked
+    shown = screen.getvalue()
+    step_line, output = shown.split("[q]uit > ")[1].split(r"touch HIDDEN_CMD_RAN\x1b[0m")  # after the run, before step 1
+    assert r"echo visible-part\x1b[8m; " in step_line
+    assert r"visible-part\x1b[8m" in output  # what echo printed (a raw ESC), written out too
+    for raw in ("\x1b[8m", "\x1b[2J", "\x1b]0;", "\x07"):
+        assert raw not in shown, repr(raw)
+    (run_dir,) = list(out.iterdir())
+    run = read_run(run_dir)
+    assert run.steps[0].action == HIDDEN and "visible-part\x1b[8m" in run.steps[0].observation  # recorded as they are
