@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,27 +32,22 @@ def one_line_error(r) -> str:
     return lines[0]
 
 
-def kill_after(repo: Path, out: Path, main_url: str, memory_url: str, steps: int) -> Path:
-    """Start `comem fix`, SIGKILL it once `steps` steps are on disk; returns the run dir."""
+def kill_after(repo: Path, out: Path, main: ScriptedServer, memory_url: str) -> Path:
+    """Start `comem fix` against `main` (made with hang_from=N), SIGKILL it once its model call N
+    hangs: steps 0 to N-1 are on disk then (a step is written before the next call). Returns the
+    run dir."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "comem_cli", "fix", "-r", str(repo), "-i", str(repo / "ISSUE.md"), "-m", "openai/scripted",
-         "--api-base", main_url, "-o", str(out), *MEMORY, "--memory-api-base", memory_url],
+         "--api-base", main.url, "-o", str(out), *MEMORY, "--memory-api-base", memory_url],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     try:
-        deadline = time.time() + 150
-        while time.time() < deadline:
-            runs = list(out.iterdir()) if out.exists() else []
-            traj = runs[0] / TRAJECTORY if runs else None
-            if traj and traj.is_file() and traj.read_text().count("\n") >= steps:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run never got far enough")
+        if not main.hanging.wait(150):  # an event set by the server, not a poll of the run dir
+            pytest.fail(f"the run never reached model call {main.hang_from} (exit status {proc.poll()})")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    return runs[0]
+    (run_dir,) = list(out.iterdir())
+    return run_dir
 
 
 def test_sigkilled_run_resumes_where_it_died(words_repo, tmp_path, docker_client):
@@ -62,7 +56,7 @@ def test_sigkilled_run_resumes_where_it_died(words_repo, tmp_path, docker_client
         # The fourth model call never answers (set before the run starts): the run cannot finish
         # before it is killed, whatever the machine's load.
         with ScriptedServer(Script(SCRIPT), hang_from=3, hang_s=120.0) as slow:
-            run_dir = kill_after(words_repo, out, slow.url, memory.url, steps=3)
+            run_dir = kill_after(words_repo, out, slow, memory.url)
         before = read_run(run_dir)
         assert before.meta["status"] == "running" and len(before.steps) == 3
         killed_at = len(before.steps)
