@@ -304,3 +304,39 @@ def test_swebench_verified_loads_the_dataset_the_pinned_harness_names(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "SWE-bench/SWE-bench_Verified" in r.stderr and "--dataset FILE" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def table_row(stdout: str, arm: str) -> list[str]:
+    """The cells of `arm`'s row in the table `comem bench` printed."""
+    line = next(ln for ln in stdout.splitlines() if ln.startswith(f"│ {arm} "))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+def test_no_evaluate_shows_no_resolve_rate(tmp_path, docker_client):
+    chosen = [INSTANCES[3], INSTANCES[4]]
+    with ScriptedServer(Script([SUBMIT])) as main:
+        r = bench("--instances", ",".join(i["instance_id"] for i in chosen), "--memory", "full", "--no-evaluate",
+                  "-o", str(tmp_path), main_url=main.url)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "swe-mini" / "report.json").read_text())["arms"]
+    assert row["evaluated"] == 0 and row["resolved_rate"] is None
+    assert table_row(r.stdout, "full")[1] == "-", r.stdout  # not "0/2 (0%)": nothing was graded
+
+
+def test_speedup_where_memory_never_acted_reads_about_one_on_ray(tmp_path, docker_client):
+    """Both arms submit at step 0, so the memory model is never asked and the arms do the same work:
+    the speed-up must read ~1x. Run arm after arm on fresh Ray workers, `full` paid the cold start
+    alone and read several times slower."""
+    pytest.importorskip("ray")
+    chosen = [INSTANCES[3], INSTANCES[4]]
+    with ScriptedServer(Script([SUBMIT]), latency_s=0.3) as main, ScriptedServer(Sections(SUMMARY)) as memory:
+        r = bench("--instances", ",".join(i["instance_id"] for i in chosen), "--memory", "full,comem", "--executor", "ray",
+                  "--no-evaluate", "-o", str(tmp_path), main_url=main.url, memory_url=memory.url)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert not memory.requests and len(main.requests) == 4
+    comem = next(row for row in json.loads((tmp_path / "swe-mini" / "report.json").read_text())["arms"]
+                 if row["arm"] == "comem")
+    assert comem["summaries"] == 0 and set(comem["e2e_s"]) == {i["instance_id"] for i in chosen}
+    low, high = comem["speedup_vs_full_p25_p75"]
+    assert 0.5 <= low <= comem["speedup_vs_full"] <= high <= 2.0, comem
+    assert table_row(r.stdout, "comem")[-1] == f"{comem['speedup_vs_full']:.2f}x ({low:.2f}-{high:.2f})", r.stdout

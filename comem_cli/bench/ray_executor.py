@@ -18,12 +18,16 @@ from comem_cli.rollouts import atomic_write_text
 
 def _run_remote(plan, arm: str, instance: dict[str, Any], run_one: Callable, progress_type: type) -> dict[str, Any]:
     """Executed on a Ray worker: one run, in a scratch output dir, returned as files."""
+    from comem_cli.models import LitellmModel
     from comem_cli.run import load_memory_backend
 
     with tempfile.TemporaryDirectory(prefix="comem-ray-") as scratch:
         local = plan.__class__(**{**plan.__dict__, "output": Path(scratch)})
         config = local.config.model_copy(deep=True)
         config.memory = config.memory.model_copy(update={"arm": arm})
+        # warm-up: a fresh worker imports litellm (seconds) here, not in the timed run's first model call,
+        # as the driver did before the thread executor's runs; else a worker's first run looks slow
+        LitellmModel(config.model).preflight()
         backend, owned = load_memory_backend(config)
         try:
             run_one(local, arm, instance, backend, progress_type(total=1))

@@ -1,7 +1,9 @@
 """Compare the arms of a benchmark: resolve rate and latency, as report.json and a rich table.
 
 Latency figures are medians / p95 over one run, and speedups are ratios measured in that same run
-(never absolute seconds compared across runs or machines).
+(never absolute seconds compared across runs or machines), over the instances both arms finished,
+with the spread (p25-p75) of the per-instance ratios beside: the runner runs the arms of one
+instance side by side, so each ratio compares runs made under the same load.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def arm_report(arm_dir: Path, arm: str, instance_ids: list[str]) -> dict[str, Any]:
-    step_latency, prompt_tokens, e2e, resolved, evaluated = [], [], [], [], 0
+    step_latency, prompt_tokens, resolved, evaluated = [], [], [], 0
+    e2e: dict[str, float] = {}  # instance id -> wall seconds of its finished run
     cost = memory_s = hidden_s = wait_s = 0.0
     waits = summaries = 0
     k = None
@@ -36,7 +39,7 @@ def arm_report(arm_dir: Path, arm: str, instance_ids: list[str]) -> dict[str, An
             prompt_tokens += [s.prompt_tokens for s in run.steps]
             totals = run.meta.get("totals", {})
             if totals:
-                e2e.append(totals.get("wall_s", 0.0))
+                e2e[iid] = totals.get("wall_s", 0.0)
                 cost += totals.get("cost", 0.0)
                 memory_s += totals.get("memory_s", 0.0) or 0.0
                 hidden_s += (totals.get("hidden_fraction") or 0.0) * (totals.get("memory_s") or 0.0)
@@ -52,11 +55,13 @@ def arm_report(arm_dir: Path, arm: str, instance_ids: list[str]) -> dict[str, An
     n = len(instance_ids)
     return {
         "arm": arm, "k": k if arm in SUMMARIZING_ARMS else None, "instances": n, "evaluated": evaluated,
-        "resolved": sorted(resolved), "resolved_count": len(resolved), "resolved_rate": len(resolved) / n if n else 0.0,
+        "resolved": sorted(resolved), "resolved_count": len(resolved),
+        "resolved_rate": len(resolved) / n if n and evaluated else None,  # None: nothing graded (--no-evaluate)
         "step_latency_median_s": statistics.median(step_latency) if step_latency else None,
         "step_latency_p95_s": percentile(step_latency, 0.95),
-        "e2e_median_s": statistics.median(e2e) if e2e else None,
-        "e2e_total_s": sum(e2e),
+        "e2e_median_s": statistics.median(e2e.values()) if e2e else None,
+        "e2e_total_s": sum(e2e.values()),
+        "e2e_s": e2e,
         "prompt_tokens_per_step_median": statistics.median(prompt_tokens) if prompt_tokens else None,
         "steps": len(step_latency), "cost": round(cost, 6),
         "summaries": summaries, "memory_s": round(memory_s, 3),
@@ -65,16 +70,26 @@ def arm_report(arm_dir: Path, arm: str, instance_ids: list[str]) -> dict[str, An
     }
 
 
+def speedup(base: dict[str, float], arm: dict[str, float]) -> tuple[float | None, list[float] | None]:
+    """Total wall time of `base` over that of `arm` on the instances both finished, and the p25-p75 of
+    the per-instance ratios: a headline carried by one instance (a cold start, a slow container) shows
+    as a wide spread instead of passing for a speed-up."""
+    paired = [iid for iid in base if iid in arm]
+    base_s, arm_s = sum(base[i] for i in paired), sum(arm[i] for i in paired)
+    if not base_s or not arm_s:
+        return None, None
+    ratios = [base[i] / arm[i] for i in paired if arm[i] > 0]
+    spread = [round(percentile(ratios, 0.25), 3), round(percentile(ratios, 0.75), 3)] if ratios else None
+    return round(base_s / arm_s, 3), spread
+
+
 def bench_report(output: Path, arms: list[str], instance_ids: list[str], name: str) -> dict[str, Any]:
     rows = [arm_report(output / arm, arm, instance_ids) for arm in arms]
     base = next((r for r in rows if r["arm"] == "full"), None)
     for r in rows:
-        if base and r["e2e_total_s"] and base["e2e_total_s"]:
-            r["speedup_vs_full"] = round(base["e2e_total_s"] / r["e2e_total_s"], 3)
-            if r["step_latency_median_s"] and base["step_latency_median_s"]:
-                r["step_latency_speedup_vs_full"] = round(base["step_latency_median_s"] / r["step_latency_median_s"], 3)
-        else:
-            r["speedup_vs_full"] = None
+        r["speedup_vs_full"], r["speedup_vs_full_p25_p75"] = speedup(base["e2e_s"], r["e2e_s"]) if base else (None, None)
+        if r["speedup_vs_full"] is not None and r["step_latency_median_s"] and base["step_latency_median_s"]:
+            r["step_latency_speedup_vs_full"] = round(base["step_latency_median_s"] / r["step_latency_median_s"], 3)
     report = {"benchmark": name, "instances": instance_ids, "arms": rows}
     atomic_write_json(output / "report.json", report)
     return report
@@ -87,13 +102,31 @@ def report_table(report: dict[str, Any]):
         return "-" if value is None else f"{value:{spec}}{suffix}"
 
     table = Table(title=f"comem bench {report['benchmark']} ({len(report['instances'])} instances)", title_justify="left")
-    for col in ("arm", "resolved", "step p50", "step p95", "e2e p50", "tokens/step", "cost", "hidden", "waits", "speedup vs full"):
+    for col in ("arm", "resolved", "step p50", "step p95", "e2e p50", "tokens/step", "cost", "hidden", "waits",
+                "speedup vs full (p25-p75)"):
         table.add_column(col, justify="left" if col == "arm" else "right")
     for r in report["arms"]:
         arm = r["arm"] + (f" k={r['k']}" if r["k"] is not None else "")
-        table.add_row(arm, f"{r['resolved_count']}/{r['instances']} ({100 * r['resolved_rate']:.0f}%)",
+        table.add_row(arm, resolved_cell(r),
                       fmt(r["step_latency_median_s"], ".2f", "s"), fmt(r["step_latency_p95_s"], ".2f", "s"),
                       fmt(r["e2e_median_s"], ".1f", "s"), fmt(r["prompt_tokens_per_step_median"], ",.0f"),
                       f"${r['cost']:.3f}", fmt(None if r["hidden_fraction"] is None else 100 * r["hidden_fraction"], ".0f", "%"),
-                      f"{r['waits']} ({r['wait_s']:.1f}s)", fmt(r.get("speedup_vs_full"), ".2f", "x"))
+                      f"{r['waits']} ({r['wait_s']:.1f}s)", speedup_cell(r))
     return table
+
+
+def resolved_cell(row: dict[str, Any]) -> str:
+    """`resolved/instances (rate)`; `-` when nothing was graded (a 0% there would read as a result)."""
+    if not row["evaluated"]:
+        return "-"
+    cell = f"{row['resolved_count']}/{row['instances']} ({100 * row['resolved_rate']:.0f}%)"
+    ungraded = row["instances"] - row["evaluated"]
+    return cell + (f", {ungraded} not graded" if ungraded > 0 else "")
+
+
+def speedup_cell(row: dict[str, Any]) -> str:
+    """`1.02x (0.97-1.08)`: the speed-up and the p25-p75 of the per-instance ratios."""
+    if row.get("speedup_vs_full") is None:
+        return "-"
+    spread = row.get("speedup_vs_full_p25_p75")
+    return f"{row['speedup_vs_full']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
