@@ -52,6 +52,11 @@ class EnvironmentFailure(RunEnded):
     status = "environment_error"
 
 
+class SandboxTimeout(EnvironmentFailure):
+    """A command comem runs in the sandbox itself (set-up, taking the patch) ran out of time:
+    told apart from a failure so that the message names the time limit, not the tool."""
+
+
 class Interrupted(RunEnded):
     status = "interrupted"
 

@@ -5,6 +5,10 @@
 - files that are not UTF-8 text (latin-1...) are made binary for the diff through
   `.git/info/attributes`, so the patch text is plain UTF-8 and lossless (preds.json included);
 - binary or large files are listed, or left out with `large_files="refuse"`;
+- the changed files are classified in a number of commands that does not grow with their count
+  (one listing, one stream of their contents read once, without holding it): a `node_modules` of
+  14,000 files costs seconds, not one set of processes per file;
+- a command that runs out of time is named as such ("taking the patch did not finish in N s");
 - if git in the container is unusable (`rm -rf .git`, a broken binary, a hang), the diff is computed
   on the host from the snapshot copied in (`Sandbox.snapshot`) and the files now in the container
   (`docker cp`, no exec), with the host's git.
@@ -15,6 +19,7 @@ surrogateescape, written back with `encode("utf-8", "surrogateescape")`.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
@@ -22,8 +27,11 @@ import re
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from comem_cli.errors import EnvironmentFailure
+from typing import BinaryIO, Iterable, Iterator
+
+from comem_cli.errors import EnvironmentFailure, SandboxTimeout
 
 # How comem runs git in a sandbox (its own identity, no hooks or signing), and what never counts as a change.
 GIT = "git -c user.name=comem -c user.email=comem@localhost -c core.fileMode=false -c commit.gpgsign=false"
@@ -34,6 +42,11 @@ def take_patch(sb) -> tuple[str, list[str]]:
     notes: list[str] = []
     try:
         return git_diff(sb, notes), notes
+    except SandboxTimeout:
+        reason = f"taking the patch did not finish in {sb.config.setup_timeout_s} s"
+        if sb.snapshot is None:
+            raise EnvironmentFailure(reason) from None
+        notes[:] = [f"{reason} in the sandbox; patch computed by comem from the files"]
     except EnvironmentFailure as e:
         if sb.snapshot is None:
             raise
@@ -44,11 +57,16 @@ def take_patch(sb) -> tuple[str, list[str]]:
 def git_diff(sb, notes: list[str]) -> str:
     wd, base = sb.config.workdir, sb.base_commit
     sb._run_checked(f"cd {wd} && {GIT} add -A")
-    entries = parse_listing(sb._run_checked(LISTING.replace("WD", wd).replace("BASE", base), raw=True))
-    attributes, excluded = apply_policy(sb, entries, notes)
+    changes = parse_changes(sb._run_checked(f"cd {wd} && {GIT} diff-index --cached -z {base}", raw=True))
+    facts: dict[str, BlobFacts] = {}
+    if blobs := blob_ids(changes):
+        sb.container.put_archive(f"{wd}/.git", tar_bytes({"comem-blobs": blobs}))
+        stream = sb._stream_checked(f"cd {wd} && git cat-file --batch --buffer < .git/comem-blobs")
+        facts = blob_facts(io.BufferedReader(ChunkReader(stream), 1 << 20))
+    attributes, excluded = apply_policy(sb, entries_of(changes, facts), notes)
     files = {"info/attributes": attributes}
     if excluded:
-        files["comem-exclude"] = b"\0".join(p.encode("utf-8", "surrogateescape") for p in excluded)
+        files["comem-exclude"] = nul_list(excluded)
     if attributes or excluded:
         sb.container.put_archive(f"{wd}/.git", tar_bytes(files))
     if excluded:
@@ -100,58 +118,135 @@ def fallback_diff(sb, notes: list[str]) -> str:
         with open(archive, "rb") as f:
             _extract(f, work, skip_git=True)
         host_git(work, "add", "-A")
-        names = [n for n in host_git(work, "diff", "--cached", "--name-only", "-z", "HEAD").split(b"\0") if n]
-        entries = []
-        for raw in names:
-            path = raw.decode("utf-8", "surrogateescape")
-            new = work / path
-            data = new.read_bytes() if new.is_file() and not new.is_symlink() else b""
-            old = subprocess.run(["git", "cat-file", "blob", f"HEAD:{path}"], cwd=work, capture_output=True).stdout
-            entries.append((path, len(data), classify(data, old)))
-        attributes, excluded = apply_policy(sb, entries, notes)
+        changes = parse_changes(host_git(work, "diff-index", "--cached", "-z", "HEAD"))
+        wanted = Path(tmp) / "blobs"
+        wanted.write_bytes(blob_ids(changes))
+        with open(wanted, "rb") as stdin:
+            cat = subprocess.Popen(["git", "cat-file", "--batch", "--buffer"], cwd=work, stdin=stdin,
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            with cat:
+                facts = blob_facts(cat.stdout)
+        if cat.returncode != 0:
+            raise EnvironmentFailure(f"git cat-file failed ({cat.returncode}) on the files of the sandbox")
+        attributes, excluded = apply_policy(sb, entries_of(changes, facts), notes)
         (work / ".git" / "info" / "attributes").write_bytes(attributes)
-        for path in excluded:
-            host_git(work, "reset", "-q", "HEAD", "--", path, env={"GIT_LITERAL_PATHSPECS": "1"})
+        if excluded:
+            host_git(work, "reset", "-q", "HEAD", "--pathspec-from-file=-", "--pathspec-file-nul",
+                     env={"GIT_LITERAL_PATHSPECS": "1"}, input=nul_list(excluded))
         return host_git(work, "diff", "--cached", "--binary", "HEAD").decode("utf-8", "surrogateescape")
 
 
-# Each changed file as "size kind path\0": kind binary (a NUL in its first 8000 bytes, as git sees it),
-# latin (text that is not UTF-8, old or new content: it must travel as a binary patch) or text.
-LISTING = r"""cd WD || exit 3
-utf8() { if command -v iconv >/dev/null; then iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1; else cat >/dev/null; fi; }
-git diff --cached --name-only -z BASE | while IFS= read -r -d '' f; do
-  size=0; kind=text
-  if [ -f "$f" ] && [ ! -L "$f" ]; then
-    size=$(stat -c %s -- "$f")
-    if [ "$(head -c 8000 -- "$f" | tr -d '\000' | wc -c)" != "$(head -c 8000 -- "$f" | wc -c)" ]; then kind=binary
-    elif ! utf8 < "$f"; then kind=latin; fi
-  fi
-  if [ "$kind" = text ] && git cat-file -e "BASE:$f" 2>/dev/null && ! git cat-file blob "BASE:$f" | utf8; then kind=latin; fi
-  printf '%s %s %s\0' "$size" "$kind" "$f"
-done
-test "${PIPESTATUS[0]}" = 0
-"""
+@dataclass(frozen=True)
+class Change:
+    """A changed path as `git diff-index --cached -z` lists it: its blob ids at the base and now,
+    '' where there is no blob (added, deleted, a submodule's commit)."""
+
+    path: str
+    old: str
+    new: str
 
 
-def parse_listing(out: bytes) -> list[tuple[str, int, str]]:
-    entries = []
-    for record in out.split(b"\0"):
-        parts = record.split(b" ", 2)
-        if len(parts) == 3 and parts[0].isdigit():
-            entries.append((parts[2].decode("utf-8", "surrogateescape"), int(parts[0]), parts[1].decode()))
-    return entries
+@dataclass(frozen=True)
+class BlobFacts:
+    """What the patch policy needs of one blob, read once from a stream (never held whole)."""
+
+    size: int
+    binary: bool  # a NUL in the first 8000 bytes, as git decides
+    utf8: bool
 
 
-def classify(new: bytes, old: bytes) -> str:
-    """binary | latin | text, as the in-container listing decides it."""
-    if b"\0" in new[:8000]:
+NO_BLOB = BlobFacts(0, False, True)
+BLOB_MODES = (b"100644", b"100755", b"120000")  # files and symlinks; 160000 (a submodule) names a commit
+BINARY_PROBE = 8000  # git's own: a NUL in this many first bytes makes a file binary
+
+
+def parse_changes(raw: bytes) -> list[Change]:
+    """`:old_mode new_mode old_id new_id status\\0path\\0` records (no renames: diff-index never pairs)."""
+    fields = raw.split(b"\0")
+    changes = []
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        old_mode, new_mode, old, new = meta.lstrip(b":").split(b" ")[:4]
+        changes.append(Change(path.decode("utf-8", "surrogateescape"), _blob(old_mode, old), _blob(new_mode, new)))
+    return changes
+
+
+def _blob(mode: bytes, object_id: bytes) -> str:
+    return object_id.decode() if mode in BLOB_MODES and object_id.strip(b"0") else ""
+
+
+def blob_ids(changes: list[Change]) -> bytes:
+    """The distinct blobs to read, one id a line: `git cat-file --batch`'s input."""
+    ids = sorted(({c.old for c in changes} | {c.new for c in changes}) - {""})
+    return "".join(f"{i}\n" for i in ids).encode()
+
+
+def blob_facts(stream: BinaryIO) -> dict[str, BlobFacts]:
+    """Facts of each object in `git cat-file --batch` output, in one pass of bounded memory."""
+    facts: dict[str, BlobFacts] = {}
+    while header := stream.readline():
+        parts = header.split()
+        if len(parts) != 3:  # "<id> missing": no facts, the diff itself will say what is wrong
+            continue
+        left, head, decoder, utf8 = int(parts[2]), b"", codecs.getincrementaldecoder("utf-8")(), True
+        while left:
+            chunk = stream.read(min(left, 1 << 20))
+            if not chunk:
+                raise EnvironmentFailure("the listing of the changed files ended early")
+            head += chunk[: BINARY_PROBE - len(head)]
+            utf8 = utf8 and _decodes(decoder, chunk)
+            left -= len(chunk)
+        utf8 = utf8 and _decodes(decoder, b"", final=True)
+        facts[parts[0].decode()] = BlobFacts(int(parts[2]), b"\0" in head, utf8)
+        stream.read(1)  # the newline after each object
+    return facts
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = False) -> bool:
+    try:
+        decoder.decode(data, final)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def entries_of(changes: list[Change], facts: dict[str, BlobFacts]) -> list[tuple[str, int, str]]:
+    """(path, size now, kind) for each change: what `apply_policy` decides on."""
+    return [(c.path, facts.get(c.new, NO_BLOB).size, kind(facts.get(c.new, NO_BLOB), facts.get(c.old, NO_BLOB)))
+            for c in changes]
+
+
+def kind(new: BlobFacts, old: BlobFacts) -> str:
+    """binary (new content) | latin (text that is not UTF-8, old or new: it must travel as a binary
+    patch to be lossless) | text."""
+    if new.binary:
         return "binary"
-    for data in (new, old):
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return "latin"
-    return "text"
+    return "text" if new.utf8 and old.utf8 else "latin"
+
+
+class ChunkReader(io.RawIOBase):
+    """The chunks of a streamed command's output as a readable file (for `io.BufferedReader`)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks: Iterator[bytes] = iter(chunks)
+        self.rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self.rest:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.rest = chunk
+        n = min(len(buffer), len(self.rest))
+        buffer[:n], self.rest = self.rest[:n], self.rest[n:]
+        return n
+
+
+def nul_list(paths: list[str]) -> bytes:
+    """Paths for `--pathspec-from-file --pathspec-file-nul`."""
+    return b"\0".join(p.encode("utf-8", "surrogateescape") for p in paths)
 
 
 def attribute_line(path: str) -> bytes:
@@ -192,11 +287,11 @@ def _extract(fileobj, dest: Path, skip_git: bool = False) -> None:
                 tar.extract(member, dest, filter="tar")
 
 
-def host_git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> bytes:
+def host_git(cwd: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
     full_env = {**os.environ, "GIT_AUTHOR_NAME": "comem", "GIT_AUTHOR_EMAIL": "comem@localhost",
                 "GIT_COMMITTER_NAME": "comem", "GIT_COMMITTER_EMAIL": "comem@localhost", **(env or {})}
     r = subprocess.run(["git", "-c", "core.fileMode=false", "-c", "commit.gpgsign=false", *args], cwd=cwd,
-                       capture_output=True, env=full_env, timeout=300)
+                       capture_output=True, env=full_env, timeout=300, input=input)
     if r.returncode != 0:
         raise EnvironmentFailure(f"git {args[0]} failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
     return r.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import socket
 import tarfile
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from comem_cli.config import SandboxConfig
-from comem_cli.errors import EnvironmentFailure, UserError
+from comem_cli.errors import EnvironmentFailure, SandboxTimeout, UserError
 from comem_cli.patch import GIT, JUNK
 
 if TYPE_CHECKING:
@@ -234,6 +235,7 @@ class Sandbox:
         timeout = self.config.setup_timeout_s
         argv = ["timeout", "--kill-after=5", str(timeout), "bash", "-c", command]
         box: dict = {}
+        start = time.time()
 
         def run() -> None:
             try:
@@ -245,15 +247,34 @@ class Sandbox:
         worker.start()
         worker.join(timeout + 15)  # a backstop for a container whose `timeout` does not work
         if worker.is_alive():
-            raise EnvironmentFailure(f"sandbox command did not finish in {timeout} s")
+            raise SandboxTimeout(f"sandbox command did not finish in {timeout} s")
         if "error" in box:
             raise EnvironmentFailure(f"docker exec failed: {box['error']}")
         rc, (out, err) = box["result"]
         out, err = out or b"", err or b""
-        if rc != 0:
-            detail = (err or out).decode("utf-8", errors="replace").strip()[-300:]
-            raise EnvironmentFailure(f"sandbox setup command failed ({rc}): {detail}")
+        check_exit(rc, time.time() - start, timeout, err or out)
         return out if raw else out.decode("utf-8", errors="replace")
+
+    def _stream_checked(self, command: str) -> Iterator[bytes]:
+        """A set-up command's stdout as it comes, for output too large to hold at once (the content of
+        every changed file); bounded in time and checked like `_run_checked`, once the stream ends."""
+        timeout = self.config.setup_timeout_s
+        argv = ["timeout", "--kill-after=5", str(timeout), "bash", "-c", command]
+        api, start, err = self.client.api, time.time(), b""
+        try:
+            exec_id = api.exec_create(self.container.id, argv)["Id"]
+            for out, chunk_err in api.exec_start(exec_id, stream=True, demux=True):
+                err = (err + (chunk_err or b""))[-1000:]
+                if out:
+                    yield out
+                if time.time() - start > timeout + 15:  # the backstop, as in `_run_checked`
+                    raise SandboxTimeout(f"sandbox command did not finish in {timeout} s")
+            rc = api.exec_inspect(exec_id).get("ExitCode")
+        except EnvironmentFailure:
+            raise
+        except Exception as e:
+            raise EnvironmentFailure(f"docker exec failed: {e}") from None
+        check_exit(-1 if rc is None else rc, time.time() - start, timeout, err)
 
     def close(self) -> None:
         """Remove the container; by name when a signal came before `containers.run` returned."""
@@ -280,6 +301,16 @@ class Sandbox:
                 time.sleep(0.25)
             except Exception:
                 return
+
+
+def check_exit(rc: int, elapsed: float, timeout: int, detail: bytes) -> None:
+    """Raise for a set-up command that failed or ran out of time. The message is one printable line
+    (a command's output may be NUL-separated names): a timeout names the limit, not the tool."""
+    if rc in (124, 137) and elapsed >= timeout - 0.5:
+        raise SandboxTimeout(f"sandbox command did not finish in {timeout} s")
+    if rc != 0:
+        text = re.sub(r"[\x00-\x1f\x7f-\x9f]+", " ", detail.decode("utf-8", errors="replace")).strip()
+        raise EnvironmentFailure(f"sandbox setup command failed ({rc}): {text[-300:]}")
 
 
 def tar_files(root: Path, files: list[str]) -> bytes:
