@@ -100,6 +100,7 @@ class MemoryConfig(BaseModel):
     timeout_s: float = 300.0  # a memory job older than this is given up; the run stops waiting on the memory model
     max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them
     incremental: bool = False  # summarize previous summary + new steps instead of the whole history
+    check: bool = True  # check each summary when it lands, before a view uses it (memory/quality.py)
     prewarm: bool = False  # after each summary, send the next swapped prompt with max_tokens=1 (prefix caches)
     workers: int = Field(DEFAULT_MEMORY_WORKERS, ge=1)  # memory thread pool capacity (shared by all runs of a process)
     # comem: where the memory model is served. "main": by the main model's own engine (no extra hardware),

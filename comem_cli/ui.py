@@ -60,14 +60,26 @@ def step_line(step: StepRecord) -> Text:
                          (f"{step.prompt_tokens:6d} tok{cache}{summary}{wait}", "dim"), "  ", ("$", "bold"), " ", action)
 
 
+def _check_note(check: dict) -> str:
+    missing = check.get("missing") or []
+    return f"check {check.get('summary_check')}" + (f", added: {plain(', '.join(missing))}" if missing else "")
+
+
 def swap_lines(step: StepRecord) -> list[Text]:
     """A summary that replaced earlier steps in the prompt from this step on, as one line saying which
-    steps it covers (the schedule records a job among the step's memory events when it is first used)."""
+    steps it covers and what its swap-time check said (the schedule records a job among the step's
+    memory events when it is first used); a summary the check rejected, as one line saying why."""
+    checks = {e.get("job"): e for e in step.memory if e.get("kind") == "summary_check"}
     lines = []
     for event in step.memory:
         if event.get("kind") == "job" and event.get("cutoff"):
             covered = "step 0" if event["cutoff"] == 1 else f"steps 0-{event['cutoff'] - 1}"
-            lines.append(Text(f"memory: {covered} now a summary ({event.get('summary_tokens', 0)} tokens)", "magenta"))
+            check = checks.pop(event.get("id"), None)
+            note = f", {_check_note(check)}" if check else ""
+            lines.append(Text(f"memory: {covered} now a summary ({event.get('summary_tokens', 0)} tokens{note})", "magenta"))
+    for job, check in checks.items():
+        if check.get("summary_check") == "rejected":
+            lines.append(Text(f"memory: summary {job} rejected, not used: {plain(check.get('reason', ''))}", "yellow"))
     return lines
 
 
@@ -117,15 +129,27 @@ def run_table(outcome) -> Table:
     table.add_row("exit status", Text.assemble((r.status, style), f" ({plain(r.message)})" if r.message and r.status != "submitted" else ""))
     table.add_row("steps", str(len(r.steps)))
     table.add_row("tokens", f"{r.prompt_tokens:,} prompt / {r.completion_tokens:,} completion")
-    table.add_row("cost", f"${r.cost:.4f}")
+    mem = r.memory or {}
+    main_memory = mem.get("memory_backend") == "main"  # the main model wrote the summaries: its bill too
+    if main_memory:
+        memory_cost = float(mem.get("memory_cost", 0.0))
+        table.add_row("cost", f"${r.cost + memory_cost:.4f} (agent ${r.cost:.4f} + memory ${memory_cost:.4f})")
+        table.add_row("memory tokens", f"{mem.get('memory_prompt_tokens', 0):,} prompt / "
+                                       f"{mem.get('memory_completion_tokens', 0):,} completion")
+    else:
+        table.add_row("cost", f"${r.cost:.4f}")
     table.add_row("prompt cache", summary_line(r.cached_tokens, r.prompt_tokens, r.cache_saved))
     table.add_row("wall time", f"{r.wall_s:.1f} s")
-    mem = r.memory or {}
     if mem.get("arm") not in (None, "full", "mask"):
-        table.add_row("memory", f"{mem.get('summaries', 0)} summaries, {mem.get('memory_s', 0):.1f} s of memory-model time")
+        made = f"{mem.get('summaries', 0)} summaries, {mem.get('memory_s', 0):.1f} s of memory-model time"
+        table.add_row("memory", f"main model: {made}" if main_memory else made)
         hidden = mem.get("hidden_fraction")  # None: no memory-model time to hide (e.g. no summary launched)
         table.add_row("hidden", "-" if hidden is None else f"{100 * hidden:.0f}% of memory time behind agent work")
         table.add_row("waits", f"{mem.get('waits', 0)} ({mem.get('wait_s', 0):.1f} s)")
+        checks = mem.get("summary_checks") or {}
+        if any(checks.values()):
+            table.add_row("checks", ", ".join(f"{checks.get(v, 0)} {v}" for v in ("passed", "patched", "rejected"))
+                          + " (summaries checked against the agent's later steps)")
     elif mem.get("arm"):
         table.add_row("memory", mem["arm"])
     patch_lines = r.patch.count("\n")

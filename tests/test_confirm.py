@@ -12,7 +12,7 @@ import pexpect
 import pytest
 
 from comem_cli.rollouts import read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, REPO_ROOT, comem_containers, git, run_cli
 
 pytestmark = pytest.mark.docker
@@ -35,7 +35,7 @@ def spawn(repo, out, main_url: str, *extra: str) -> pexpect.spawn:
 def test_run_edit_reply_and_auto_with_the_comem_memory_arm(words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"
     edited = "python3 -m unittest test_words 2>&1 | tail -1; echo edited-by-user"
-    with ScriptedServer(lambda body: SUMMARY) as memory, ScriptedServer(Script(FIX_SCRIPT)) as main:
+    with ScriptedServer(Sections(SUMMARY)) as memory, ScriptedServer(Script(FIX_SCRIPT)) as main:
         child = spawn(words_repo, out, main.url, "--memory", "comem", "--k", "1", "--every", "1", "--memory-backend", "openai",
                       "--memory-model", "openai/memory", "--memory-api-base", memory.url)
         # Step 0: reply to the model instead of running `ls && cat words.py`.

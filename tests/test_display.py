@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.docker
@@ -21,7 +21,7 @@ SUMMARY = "## Task\nFix count_words.\n## Files and code state\nwords.py read.\n#
 
 def fix(repo, tmp_path, *extra: str):
     """A `comem fix` run of SCRIPT with a summary after every step (the blocking arm: each swap is certain)."""
-    with ScriptedServer(lambda body: SUMMARY) as memory, ScriptedServer(Script(SCRIPT)) as main:
+    with ScriptedServer(Sections(SUMMARY)) as memory, ScriptedServer(Script(SCRIPT)) as main:
         r = run_cli("fix", "-r", str(repo), "-i", str(repo / "ISSUE.md"), "-m", "openai/scripted", "--api-base", main.url,
                     "-o", str(tmp_path / "runs"), "--no-apply", "--memory", "sync", "--every", "1",
                     "--memory-backend", "openai", "--memory-model", "openai/memory", "--memory-api-base", memory.url,

@@ -259,7 +259,7 @@ def _real_schedule(replay, config: MemoryConfig, record: dict):
 def test_simulation_and_threaded_memory_context_drive_the_same_schedule(world, arm, k, every, launch_tokens, budget, memory_speed):
     counter, replays, workload, _ = world
     replay = max(replays[:8], key=lambda r: len(r.steps))
-    config = MemoryConfig(arm=arm, k=k or 0, every=every, launch_tokens=launch_tokens, raw_budget=budget, workers=4)
+    config = MemoryConfig(arm=arm, k=k or 0, every=every, launch_tokens=launch_tokens, raw_budget=budget, workers=4, check=False)
     slow = costmodel.apply_overrides(CostParams(), [f"memory.decode_base_s={0.0025 / memory_speed}"])
     trace: dict = {}
     simulate([replay], Variant(arm, k, every, False, launch_tokens=launch_tokens), 1, params=slow, workload=workload,

@@ -18,6 +18,8 @@ from comem_cli.memory.pipeline import MemoryContext, MemoryPool, overlap
 from comem_cli.rollouts import Span, StepRecord, ViewInfo
 
 POOL = MemoryPool(4, name="test-memory")  # daemon threads: a hung request never blocks the exit
+# These tests drive the schedule's mechanics with tiny steps and one-line summaries: the swap-time
+# check (which rejects a summary longer than its steps) is off here and tested in test_memory_quality.py.
 
 
 class GateBackend:
@@ -100,17 +102,17 @@ def wait_until(predicate, timeout: float = 60.0) -> bool:
 
 @pytest.mark.parametrize("config,finish,expected_cutoffs,expected_waits", [
     # sync: every launch is waited for at once, whatever the memory model's speed.
-    (MemoryConfig(arm="sync"), {}, [None, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),
-    (MemoryConfig(arm="comem", k=0), {}, [None, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),
+    (MemoryConfig(check=False, arm="sync"), {}, [None, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),
+    (MemoryConfig(check=False, arm="comem", k=0), {}, [None, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5]),
     # comem, a summary every 2 steps finishing one step after its launch: no waits, one step stale.
-    (MemoryConfig(arm="comem", k=2, every=2, launch_tokens=0), {j: 1 for j in range(9)},
+    (MemoryConfig(check=False, arm="comem", k=2, every=2, launch_tokens=0), {j: 1 for j in range(9)},
      [None, None, None, 2, 2, 4, 4, 6], []),
     # comem, a memory model that never answers on its own: under the budget it is never waited for.
-    (MemoryConfig(arm="comem", k=1, every=1, launch_tokens=0), {}, [None] * 8, []),
+    (MemoryConfig(check=False, arm="comem", k=1, every=1, launch_tokens=0), {}, [None] * 8, []),
     # comem, one job at a time: launches behind a running job queue, the newest one runs next.
-    (MemoryConfig(arm="comem", k=4, every=1, launch_tokens=0), {j: 3 for j in range(20)}, [None] * 4 + [1, 1, 1, 4], []),
+    (MemoryConfig(check=False, arm="comem", k=4, every=1, launch_tokens=0), {j: 3 for j in range(20)}, [None] * 4 + [1, 1, 1, 4], []),
     # paper: a summary every 4 steps, one step of budget, then block.
-    (MemoryConfig(arm="paper"), {}, [None] * 5 + [4] * 4 + [8], [5, 9]),
+    (MemoryConfig(check=False, arm="paper"), {}, [None] * 5 + [4] * 4 + [8], [5, 9]),
 ])
 def test_view_rules_table(config, finish, expected_cutoffs, expected_waits):
     out, totals, _ = run_pipeline(config, len(expected_cutoffs), finish)
@@ -125,7 +127,7 @@ def raw_tail_tokens(view) -> int:
 
 def test_budget_forces_a_wait_in_a_blocking_arm():
     # Each step is ~110 tokens of raw tail; a 256-token budget forces summaries before the period would.
-    out, totals, ctx = run_pipeline(MemoryConfig(arm="sync", every=4, raw_budget=256), 12, {}, obs_chars=400)
+    out, totals, ctx = run_pipeline(MemoryConfig(check=False, arm="sync", every=4, raw_budget=256), 12, {}, obs_chars=400)
     budget_waits = [w for _, _, ws in out for w in ws if w["reason"] == "budget"]
     assert budget_waits and budget_waits[0]["step"] == 3
     assert all(raw_tail_tokens(view) <= 256 for _, view, _ in out)
@@ -134,13 +136,13 @@ def test_budget_forces_a_wait_in_a_blocking_arm():
 
 def test_comem_masks_rather_than_wait_for_a_fresh_summary():
     # Same budget, comem k=4: a job younger than 4 steps is not worth a wait: mask meanwhile.
-    out, totals, ctx = run_pipeline(MemoryConfig(arm="comem", k=4, every=4, launch_tokens=0, raw_budget=256), 8, {}, obs_chars=400)
+    out, totals, ctx = run_pipeline(MemoryConfig(check=False, arm="comem", k=4, every=4, launch_tokens=0, raw_budget=256), 8, {}, obs_chars=400)
     assert totals["waits"] == 0 and totals["mask_fallbacks"] >= 1
     assert any(view.masked for _, view, _ in out)
 
 
 def test_failing_memory_model_falls_back_to_masking():
-    config = MemoryConfig(arm="comem", k=2, every=2, launch_tokens=0, raw_budget=256)
+    config = MemoryConfig(check=False, arm="comem", k=2, every=2, launch_tokens=0, raw_budget=256)
     out, totals, ctx = run_pipeline(config, 10, {}, obs_chars=400, backend=FailingBackend())
     assert totals["summaries"] == 0 and totals["memory_failures"] >= 1 and totals["mask_fallbacks"] >= 1
     assert all(cutoff is None for cutoff, _, _ in out)
@@ -164,7 +166,7 @@ def test_a_hanging_memory_model_is_waited_on_once_then_masked():
     """A memory model that timed out is not waited on again in that run (issue: each job was
     waited on for the whole --memory-timeout, so a 10-step run took 600 s)."""
     backend = HangingBackend()
-    config = MemoryConfig(arm="sync", raw_budget=256, timeout_s=1.0)
+    config = MemoryConfig(check=False, arm="sync", raw_budget=256, timeout_s=1.0)
     started = time.time()
     out, totals, ctx = run_pipeline(config, 10, {}, obs_chars=400, backend=backend)
     elapsed = time.time() - started
@@ -188,7 +190,7 @@ def test_the_process_exits_at_once_with_a_hung_memory_request(tmp_path):
         "class Hang:\n"
         "    def summarize(self, messages, *, max_tokens, request_id): threading.Event().wait()\n"
         "    def cancel(self, request_id): pass\n"
-        "ctx = MemoryContext(MemoryConfig(arm='comem', every=1, launch_tokens=0), 's', 't', Hang())\n"
+        "ctx = MemoryContext(MemoryConfig(check=False, arm='comem', every=1, launch_tokens=0), 's', 't', Hang())\n"
         "steps = []\n"
         "for n in range(3):\n"
         "    ctx.prepare(steps); steps.append(make_step(n)); ctx.completed(steps)\n"
@@ -213,7 +215,7 @@ def test_prewarm_sends_the_next_swapped_prompt():
     which is exactly the prefix of the next view that uses that summary."""
     sent = []
     backend = GateBackend()
-    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=2, launch_tokens=0, timeout_s=20), "sys", "task", backend, pool=POOL,
+    ctx = MemoryContext(MemoryConfig(check=False, arm="comem", k=2, every=2, launch_tokens=0, timeout_s=20), "sys", "task", backend, pool=POOL,
                         prewarm=lambda messages: sent.append(messages) or {"ok": True, "start": 0.0, "end": 0.0})
     steps = []
     views = []
@@ -331,7 +333,7 @@ class SectionBackend:
 
 
 def _one_summary(backend, **config):
-    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=1, launch_tokens=0, max_summary_tokens=1000, **config),
+    ctx = MemoryContext(MemoryConfig(check=False, arm="comem", k=2, every=1, launch_tokens=0, max_summary_tokens=1000, **config),
                         "sys", "task", backend, pool=POOL)
     steps = [make_step(0)]
     ctx.prepare([])
@@ -357,7 +359,7 @@ def test_a_summary_is_a_prefill_then_its_sections_in_parallel_joined_in_order():
     job = _one_summary(single, sections=1).jobs[0]
     assert [c[1] for c in single.calls] == [1000] and "Write only" not in single.calls[0][2] and job.status == "done"
     serial = GateBackend()  # no `parallel`: one request, whatever --summary-sections says
-    ctx = MemoryContext(MemoryConfig(arm="comem"), "sys", "task", serial, pool=POOL)
+    ctx = MemoryContext(MemoryConfig(check=False, arm="comem"), "sys", "task", serial, pool=POOL)
     assert len(ctx.groups) == 1
 
 
@@ -368,7 +370,7 @@ def test_a_failed_section_fails_the_summary_and_cancel_reaches_every_request():
 
     hold = threading.Event()
     held = SectionBackend(hold=hold)
-    ctx = MemoryContext(MemoryConfig(arm="comem", k=2, every=1, launch_tokens=0), "sys", "task", held, pool=POOL)
+    ctx = MemoryContext(MemoryConfig(check=False, arm="comem", k=2, every=1, launch_tokens=0), "sys", "task", held, pool=POOL)
     ctx.prepare([])
     ctx.completed([make_step(0)])
     assert wait_until(lambda: len(held.calls) >= 5, 60), "the five requests were never all sent"

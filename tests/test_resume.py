@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from comem_cli.rollouts import TRAJECTORY, read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.stress]
@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.stress]
 # Step 1 prints something new every time it runs: its replay must be reported as the first difference.
 SCRIPT = [FIX_SCRIPT[0], "THOUGHT: A random token.\n\n```bash\ncat /proc/sys/kernel/random/uuid\n```", *FIX_SCRIPT[2:]]
 SUMMARY = "## Task\nFix count_words.\n## Files and code state\nwords.py uses split(' ').\n## Actions and outcomes\nRead the code.\n## Tests\nFailing."
-MEMORY = ("--memory", "comem", "--k", "1", "--every", "1", "--memory-backend", "openai", "--memory-model", "openai/memory")
+# sync: every view waits for the summary of all steps before it, so summaries are on disk by step 1 whatever the load
+MEMORY = ("--memory", "sync", "--every", "1", "--memory-backend", "openai", "--memory-model", "openai/memory")
 
 
 def one_line_error(r) -> str:
@@ -52,7 +53,7 @@ def kill_after(repo: Path, out: Path, main: ScriptedServer, memory_url: str) -> 
 
 def test_sigkilled_run_resumes_where_it_died(words_repo, tmp_path, docker_client):
     out = tmp_path / "runs"
-    with ScriptedServer(lambda body: SUMMARY) as memory:
+    with ScriptedServer(Sections(SUMMARY)) as memory:
         # The fourth model call never answers (set before the run starts): the run cannot finish
         # before it is killed, whatever the machine's load.
         with ScriptedServer(Script(SCRIPT), hang_from=3, hang_s=120.0) as slow:

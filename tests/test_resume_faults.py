@@ -13,7 +13,7 @@ import pytest
 
 from comem_cli.rollouts import META, TRAJECTORY
 from comem_cli.snapshot import SNAPSHOT
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, comem_containers, run_cli
 
 pytestmark = pytest.mark.docker
@@ -51,7 +51,7 @@ def files_of(run_dir: Path) -> dict[str, bytes]:
 
 
 def test_credentials_in_server_urls_stay_out_of_the_run_dir(words_repo, tmp_path, docker_client):
-    with ScriptedServer(Script(FIX_SCRIPT), fail_always=401) as refusing, ScriptedServer(lambda body: SUMMARY) as memory:
+    with ScriptedServer(Script(FIX_SCRIPT), fail_always=401) as refusing, ScriptedServer(Sections(SUMMARY)) as memory:
         main_url = with_credentials(refusing.url, f"{FIRST[0]}:{FIRST[1]}")
         memory_url = memory.url + f"?api_key={FIRST[2]}&team=red"
         run_dir = refused_run(words_repo, tmp_path / "runs", main_url, *MEMORY, "--memory-api-base", memory_url)
@@ -71,7 +71,7 @@ def test_credentials_in_server_urls_stay_out_of_the_run_dir(words_repo, tmp_path
     assert r.returncode == 2 and "pass --memory-api-base again" in one_line_error(r), r.stderr
     assert files_of(run_dir) == before
 
-    with ScriptedServer(Script(FIX_SCRIPT)) as main, ScriptedServer(lambda body: SUMMARY) as memory:
+    with ScriptedServer(Script(FIX_SCRIPT)) as main, ScriptedServer(Sections(SUMMARY)) as memory:
         r = run_cli("fix", "--resume", str(run_dir), "--no-apply", "--api-base", with_credentials(main.url, f"{AGAIN[0]}:{AGAIN[1]}"),
                     "--memory-api-base", with_credentials(memory.url, f"{AGAIN[2]}:{AGAIN[3]}"))
         assert r.returncode == 0, r.stdout + r.stderr

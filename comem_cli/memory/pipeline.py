@@ -23,10 +23,12 @@ import itertools
 import queue
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable
 
 from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
 from comem_cli.llm import CallTimeout
+from comem_cli.memory.quality import check
 from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
 from comem_cli.memory.transcript import for_sections, looks_like_summary, section_groups, summary_input
 from comem_cli.parallel import in_parallel
@@ -146,6 +148,7 @@ class MemoryContext:
         self.waiting_on: Job | None = None  # the job the agent is blocked on, if any
         self.late: list[dict[str, Any]] = []  # events from worker threads (pre-warms)
         self.reported = (0, 0, 0)  # how many waits / events / late events earlier steps already recorded
+        self.checks: Counter[str] = Counter()  # swap-time check verdicts (memory/quality.py)
 
     @property
     def jobs(self) -> list[Job]:
@@ -198,6 +201,16 @@ class MemoryContext:
                 text = "\n\n".join(part.strip() for part in parts)
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
             timed_out = False
+            if error is None and self.config.check:  # against the steps the agent took while it was written
+                with self.lock:
+                    since = self.steps[job.cutoff:]
+                verdict = check(text, history, since, max_summary_tokens=self.config.max_summary_tokens)
+                with self.lock:
+                    self.late.append(verdict.event(job.id))
+                    self.checks[verdict.verdict] += 1
+                text = verdict.text
+                if text is None:
+                    error = f"rejected by the swap-time check: {verdict.reason}"
         except Exception as e:  # a memory failure never ends the run
             text, error = None, f"{type(e).__name__}: {str(e)[:200]}"
             timed_out = isinstance(e, (TimeoutError, CallTimeout))  # the backends' contract (memory/base.py)
@@ -283,6 +296,7 @@ class MemoryContext:
         return {
             **self.schedule.totals(), "k": self.k, "every": self.every,
             "memory_backend": getattr(self.backend, "name", None),
+            "summary_checks": {v: self.checks[v] for v in ("passed", "patched", "rejected")},
             **self.usage(),
             "memory_s": round(memory_s, 3),
             "hidden_fraction": round(hidden / memory_s, 4) if memory_s > 0 else None,
