@@ -18,6 +18,7 @@ from comem_cli.errors import (
     CostLimit, FormatError, Interrupted, RunEnded, StepLimit, Submitted, TimeLimit, TooManyFormatErrors,
 )
 from comem_cli.rollouts import RunWriter, Span, StepRecord, ViewInfo
+from comem_cli.signals import signals_deferred
 from comem_cli.templates import render
 from comem_cli.views import View
 
@@ -57,6 +58,13 @@ class RunResult:
     memory: dict[str, Any] = field(default_factory=dict)
     traceback: str | None = None  # set when a bug (not a RunEnded) ended the run: status "error"
     patch_notes: list[str] = field(default_factory=list)  # how the patch was taken (fallback, large files)
+
+    def interrupt(self) -> None:
+        """A signal came while the run was being wrapped up (patch, record, branch): it ends as
+        interrupted, as a signal a moment earlier would have ended it; how it had ended stays in the message."""
+        if self.status != Interrupted.status:
+            ended = f"{self.status}: {self.message}" if self.message else self.status
+            self.status, self.message = Interrupted.status, f"interrupted by signal as the run ended ({ended})"
 
     @property
     def cost(self) -> float:
@@ -127,14 +135,17 @@ class Agent:
             result.status, result.message = "error", f"internal error: {type(e).__name__}: {e}"[:300]
             result.traceback = traceback.format_exc()
         finally:
-            result.memory = self.context.close()
-            try:
-                result.patch = self.env.diff()
-            except Exception as e:  # the sandbox may be gone; the trajectory still stands
-                result.message = (result.message + f"; patch not taken: {e}").strip("; ")
-            result.patch_notes = list(getattr(self.env, "patch_notes", None) or [])
-            result.steps = self.steps
-            result.wall_s = time.time() - self.started
+            with signals_deferred(reraise=False) as received:  # a second Ctrl-C must not cost the patch
+                result.memory = self.context.close()
+                try:
+                    result.patch = self.env.diff()
+                except Exception as e:  # the sandbox may be gone; the trajectory still stands
+                    result.message = (result.message + f"; patch not taken: {e}").strip("; ")
+                result.patch_notes = list(getattr(self.env, "patch_notes", None) or [])
+                result.steps = self.steps
+                result.wall_s = time.time() - self.started
+            if received:
+                result.interrupt()
         return result
 
     def check_limits(self) -> None:

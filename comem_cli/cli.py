@@ -7,7 +7,6 @@ starts fast.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ from typing import Optional
 import typer
 
 from comem_cli.errors import UserError
+from comem_cli.signals import default_on_signals, interrupt_on_signals
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="comem: a coding agent whose prompt stays short while a small memory model summarizes in the background.")
@@ -23,10 +23,6 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(__import__("comem_cli.bench.cli_bench", fromlist=["bench_app"]).bench_app, name="bench")
 
 EXIT_CODES = {"submitted": 0, "interrupted": 130}
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 @app.command()
@@ -121,8 +117,6 @@ def fix(
         from comem_cli.pullrequest import plan
 
         pr_target = plan(user_repo, remote, github_api)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
     def on_start(run_dir: Path, image_name: str) -> None:
         from rich.markup import escape
 
@@ -248,14 +242,24 @@ def demo(
 
 
 def main() -> None:
+    """Every command (fix, bench, ...) ends an interrupt signal the same way: cleaned up, then
+    "comem: interrupted" and exit 130. Typer turns a KeyboardInterrupt that leaves a command into a
+    silent exit 130, and an interrupted run's command exits 130 itself: both get the message here."""
+    interrupt_on_signals()
     try:
         app()
+    except SystemExit as e:
+        if e.code == EXIT_CODES["interrupted"]:
+            default_on_signals()
+            print("comem: interrupted", file=sys.stderr)
+        raise
     except UserError as e:
         print(f"comem: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a signal before typer ran the command
+        default_on_signals()
         print("comem: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_CODES["interrupted"])
     except Exception as e:  # a bug: one line for the user, the traceback in a file for the report
         log = _write_traceback()
         where = f"traceback in {log}" if log else "no traceback file could be written"

@@ -66,7 +66,16 @@ class UserRepo:
             return None
 
     def branch_exists(self, branch: str) -> bool:
-        return f"refs/heads/{branch}" in {r.path for r in self.git_repo.references}
+        return self.branch_commit(branch) is not None
+
+    def branch_commit(self, branch: str) -> str | None:
+        """The commit `branch` points at now, or None when there is no such branch."""
+        import git
+
+        try:
+            return self.git.rev_parse("--verify", "--quiet", f"refs/heads/{branch}")
+        except git.GitCommandError:
+            return None
 
     def check_branch_name(self, branch: str) -> None:
         import git
@@ -95,7 +104,8 @@ class UserRepo:
         """
         import git
 
-        if self.branch_exists(branch) and not force:
+        old = self.branch_commit(branch)
+        if old and not force:
             raise UserError(f"branch {branch!r} already exists; pass --force to overwrite it or --branch NAME")
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index"), **self._identity()}
@@ -118,8 +128,25 @@ class UserRepo:
                 raise UserError(f"the patch does not apply to {self.path}: {str(e.stderr).strip()[:200]}") from None
             tree = g.write_tree(env=env)
             commit = g.commit_tree(tree, "-p", parent, "-m", message, env=env)
-            g.update_ref(f"refs/heads/{branch}", commit)
+            self._set_branch(branch, commit, expected=old)
             return commit
+
+    def _set_branch(self, branch: str, commit: str, *, expected: str | None) -> None:
+        """Point `branch` at `commit` only if it still is what this run saw (`expected`; None: no such
+        branch). One atomic `update-ref` with the old value, so two runs finishing together cannot both
+        believe they made the branch: the second is refused and the branch keeps the first one's fix."""
+        import git
+
+        try:
+            self.git.update_ref(f"refs/heads/{branch}", commit, expected or "")
+        except git.GitCommandError as e:
+            now = self.branch_commit(branch)
+            if now != expected:
+                what = "created" if expected is None else "deleted" if now is None else "moved"
+                raise UserError(f"branch {branch!r} was {what} by someone else (another comem run?) while this run "
+                                f"committed its fix; it was left as it is (--branch NAME to use another)") from None
+            reason = " ".join(str(e.stderr).split()).removeprefix("stderr: ").strip("'")
+            raise UserError(f"branch {branch!r} could not be set: {reason[:200]}") from None
 
 
 def slugify(text: str, max_len: int = 40) -> str:

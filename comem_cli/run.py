@@ -22,7 +22,8 @@ from comem_cli.memory.pipeline import context_for
 from comem_cli.models import LitellmModel
 from comem_cli.repo import UserRepo, slugify
 from comem_cli.rollouts import META, RunWriter, StepRecord, atomic_write_json
-from comem_cli.sandbox import Sandbox, docker_client, require_image, signals_deferred, tar_files
+from comem_cli.sandbox import Sandbox, docker_client, require_image, tar_files
+from comem_cli.signals import signals_deferred
 from comem_cli.snapshot import save_snapshot
 from comem_cli.templates import render
 
@@ -85,6 +86,7 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
     with signals_deferred(reraise=False) as received:  # a signal now ends the run below, with meta.json final
         writer = RunWriter(run_dir)
         writer.write_meta(meta)
+    result: RunResult | None = None
     try:
         if received:
             raise KeyboardInterrupt
@@ -100,23 +102,33 @@ def execute(task_text: str, config: RunConfig, run_dir: Path, *, prepare: Callab
             result = agent.run()
     except EnvironmentFailure as e:
         result = RunResult(status=e.status, message=str(e))
-    except KeyboardInterrupt:  # a signal while the container was starting or being removed
-        result = RunResult(status="interrupted", message="interrupted by signal")
+    except KeyboardInterrupt:  # a signal while the container was starting or being removed (the run's result kept)
+        result = result or RunResult(status="interrupted", message="interrupted by signal")
+        result.interrupt()
     except Exception as e:  # a bug outside the agent loop (set-up, sandbox): still a final status
         import traceback
 
         result = RunResult(status="error", message=f"internal error: {type(e).__name__}: {e}"[:300],
                            traceback=traceback.format_exc())
-    finally:
-        writer.close()
-    if result.traceback:
-        (run_dir / TRACEBACK).write_text(result.traceback)
-        result.message += f" (traceback in {run_dir / TRACEBACK})"
-    writer.write_patch(result.patch)
-    meta.update(status=result.status, message=result.message, ended=time.time(), totals=totals(result),
-                memory_jobs=result.memory.get("jobs", []), patch_notes=result.patch_notes)
-    writer.write_meta(meta)
+    write_record(writer, result, meta)
     return result, meta
+
+
+def write_record(writer: RunWriter, result: RunResult, meta: dict[str, Any]) -> None:
+    """Close the trajectory, write patch.diff and the final meta.json, with signals held: a second
+    Ctrl-C here must not leave meta.json `running`; one that comes before meta.json is written marks
+    the run interrupted."""
+    with signals_deferred(reraise=False) as received:
+        writer.close()
+        if result.traceback:
+            (writer.run_dir / TRACEBACK).write_text(result.traceback)
+            result.message += f" (traceback in {writer.run_dir / TRACEBACK})"
+        writer.write_patch(result.patch)
+        if received:
+            result.interrupt()
+        meta.update(status=result.status, message=result.message, ended=time.time(), totals=totals(result),
+                    memory_jobs=result.memory.get("jobs", []), patch_notes=result.patch_notes)
+        writer.write_meta(meta)
 
 
 def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch: str | None = None,
@@ -148,28 +160,31 @@ def fix(repo: UserRepo, issue: Issue, config: RunConfig, *, output: Path, branch
                                meta={"repo": str(repo.path), "head": repo.head, "pid": os.getpid(), "branch_requested": branch,
                                      "left_out": left_out,
                                      "issue": {"title": issue.title, "number": issue.number, "url": issue.url, "text": issue.text}})
-    finally:
+        outcome = FixOutcome(result=result, run_dir=run_dir, left_out=left_out)
+        return commit_fix(repo, issue, outcome, meta, branch=branch, apply=apply, force=force)
+    finally:  # after the commit: a signal while the backend stops finds the run and its branch recorded
         if own_backend:
             backend.close()
-
-    outcome = FixOutcome(result=result, run_dir=run_dir, left_out=left_out)
-    return commit_fix(repo, issue, outcome, meta, branch=branch, apply=apply, force=force)
 
 
 def commit_fix(repo: UserRepo | None, issue: Issue, outcome: FixOutcome, meta: dict[str, Any], *, branch: str,
                apply: bool, force: bool) -> FixOutcome:
     """Commit the run's patch on `branch` (when asked and not empty) and record the branch in meta.json."""
     result, run_dir = outcome.result, outcome.run_dir
-    if apply and result.patch.strip():
-        message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
-        message += f"\n\nExit status: {result.status}. Run: {run_dir}"
-        try:
-            outcome.commit = repo.commit_patch(branch, result.patch, message, force=force, exclude=outcome.left_out)
-            outcome.branch = branch
-        except UserError as e:  # e.g. the user's tree moved on meanwhile; patch.diff is kept
-            outcome.apply_error = str(e)
-    meta.update(branch=outcome.branch, commit=outcome.commit, apply_error=outcome.apply_error)
-    atomic_write_json(run_dir / META, meta)
+    with signals_deferred(reraise=False) as received:  # a signal now must not leave a branch meta.json does not name
+        if apply and result.patch.strip():
+            message = f"comem: fix {issue.title or 'issue'}" + (f" (#{issue.number})" if issue.number else "")
+            message += f"\n\nExit status: {result.status}. Run: {run_dir}"
+            try:
+                outcome.commit = repo.commit_patch(branch, result.patch, message, force=force, exclude=outcome.left_out)
+                outcome.branch = branch
+            except UserError as e:  # the user's tree moved on, another run took the branch...; patch.diff is kept
+                outcome.apply_error = str(e)
+        if received:
+            result.interrupt()
+            meta.update(status=result.status, message=result.message)
+        meta.update(branch=outcome.branch, commit=outcome.commit, apply_error=outcome.apply_error)
+        atomic_write_json(run_dir / META, meta)
     return outcome
 
 

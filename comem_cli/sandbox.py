@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import re
-import signal
 import socket
 import tarfile
 import threading
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Iterator
 from comem_cli.config import SandboxConfig
 from comem_cli.errors import EnvironmentFailure, SandboxTimeout, UserError
 from comem_cli.patch import GIT, JUNK
+from comem_cli.signals import signals_deferred
 
 if TYPE_CHECKING:
     import docker
@@ -97,24 +97,6 @@ def require_image(client: "docker.DockerClient", image: str) -> None:
     except docker.errors.ImageNotFound:
         hint = "build it with `comem sandbox build`" if image.startswith("comem-") else f"pull or build `{image}` first"
         raise UserError(f"Docker image {image!r} not found; {hint}") from None
-
-
-@contextlib.contextmanager
-def signals_deferred(reraise: bool = True) -> Iterator[list[int]]:
-    """Hold SIGINT/SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container behind.
-    The signals received are yielded; with `reraise` one of them ends the block as KeyboardInterrupt."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    old = {s: signal.signal(s, lambda n, _f: received.append(n)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if received and reraise:
-            raise KeyboardInterrupt
 
 
 class Sandbox:
