@@ -48,7 +48,7 @@ def fix(
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: comem on raw-tail tokens only; sync 1]."),
     launch_tokens: int = typer.Option(2000, "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off)."),
     raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
-    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers."),
+    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries). auto: a memory server if given, vLLM on a GPU, a named local model, else main."),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
@@ -75,8 +75,10 @@ def fix(
 
     if memory not in ARMS:
         raise UserError(f"--memory must be one of {', '.join(ARMS)} (got {memory!r})")
-    if memory_backend not in ("auto", "vllm", "openai", "transformers"):
-        raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
+    from comem_cli.config import BACKENDS
+
+    if memory_backend not in BACKENDS:
+        raise UserError(f"--memory-backend must be one of {', '.join(BACKENDS)} (got {memory_backend!r})")
     if memory_engine not in ("separate", "main"):
         raise UserError(f"--memory-engine must be separate or main (got {memory_engine!r})")
     if large_files not in ("warn", "refuse"):
