@@ -53,7 +53,8 @@ def fix(
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate | main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost)."),
-    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length."),
+    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands)."),
+    memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell (transformers and vLLM read it from the model, an OpenAI-compatible server from /v1/models); every summary request is fitted into it."),
     summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
@@ -89,7 +90,7 @@ def fix(
         agent=AgentConfig(max_steps=max_steps, cost_limit=cost_limit, time_limit_s=time_limit),
         memory=MemoryConfig(arm=memory, k=k, every=every, launch_tokens=launch_tokens, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
-                            max_summary_tokens=max_summary_tokens, sections=summary_sections, prewarm=prewarm,
+                            max_summary_tokens=max_summary_tokens, sections=summary_sections, prewarm=prewarm, context=memory_context,
                             memory_engine=memory_engine),
     )
     confirmer = None

@@ -10,6 +10,8 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
+from comem_cli.errors import UserError
+
 DEFAULT_IMAGE = "comem-sandbox:latest"
 DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 
@@ -93,6 +95,7 @@ class MemoryConfig(BaseModel):
     model: str | None = None
     api_base: str | None = None
     max_summary_tokens: int = 2048
+    context: int | None = Field(None, ge=512)  # the memory model's window, where its backend cannot tell (--memory-context)
     # A summary's fixed sections are written by this many parallel requests sharing one prefilled
     # input (max_summary_tokens split between them), on backends that batch concurrent requests
     # (vllm, openai); 1 = one request writes the whole summary. Measured: README, "Latency".
@@ -131,3 +134,24 @@ class RunConfig(BaseModel):
         for section in ("model", "memory"):
             data[section]["api_base"] = redact_url(data[section]["api_base"])
         return data
+
+
+def parse_int_list(value: str | int | None, flag: str, *, minimum: int) -> list[int]:
+    """A comma-separated option of integers (`--k 1,2,4`), each at least `minimum`, without repeats."""
+    text = str(value if value is not None else "").strip()
+    try:
+        items = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        items = []
+    if not items or any(i < minimum for i in items):
+        raise UserError(f"{flag} takes a comma-separated list of integers >= {minimum} (got {text!r})")
+    return list(dict.fromkeys(items))
+
+
+def parse_arms(memory: str) -> list[str]:
+    """A comma-separated --memory of arms, without repeats."""
+    arms = [a.strip() for a in memory.split(",") if a.strip()]
+    bad = [a for a in arms if a not in ARMS]
+    if not arms or bad:
+        raise UserError(f"--memory takes arms from {', '.join(ARMS)} (got {memory!r})")
+    return list(dict.fromkeys(arms))

@@ -222,8 +222,9 @@ class ScriptedServer:
                 self.wfile.write(data)
 
             def do_GET(self):
-                if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+                if self.path.rstrip("/").endswith("/models"):  # vLLM says the window it serves with
+                    window = {"max_model_len": server.max_context} if server.max_context else {}
+                    self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model", **window}]})
                 else:
                     self._send(200 if self.path in ("/health", "/v1/health") else 404, {})
 

@@ -3,6 +3,7 @@
 Two programs, each with only its own options, grouped in help panels:
   comem bench swe-mini | swebench-verified | swebench-lite   run agents on instances (bench/run_command.py)
   comem bench latency                                         replay trajectories and time the arms (bench/latency/)
+  comem bench memory                                          score what a memory model's summaries keep (bench/quality.py)
 Each command turns its flags into one typed settings object and hands it down. Heavy imports
 (pydantic settings included) happen inside the commands, so `comem --help` stays fast.
 """
@@ -132,3 +133,40 @@ def latency(
         memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out,
         main_arch=main_arch, memory_arch=memory_arch, calibrate_engine=calibrate_engine, cost_params=cost_params)
     raise typer.Exit(latency_command(settings))
+
+
+@bench_app.command("memory")
+def memory_quality(
+    memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model(s), comma-separated: directory, hub id, or openai/<name> with --memory-api-base.", rich_help_panel=MODEL),
+    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers (transformers without --memory-model: SmolLM2 on this CPU).", rich_help_panel=MODEL),
+    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model.", rich_help_panel=MODEL),
+    memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell.", rich_help_panel=MODEL),
+    memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
+    judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
+    summary_sections: str = typer.Option("4", "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
+    max_summary_tokens: str = typer.Option("2048", "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
+    k: int = typer.Option(2, "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
+    launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
+    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. [default: the bundled sample]", rich_help_panel=RUN),
+    max_summaries: Optional[int] = typer.Option(None, "--max-summaries", min=1, help="At most N summaries per trajectory (evenly spread over its cut-offs), to bound a slow model.", rich_help_panel=RUN),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows (one per configuration) to this JSON file.", rich_help_panel=OUTPUT),
+) -> None:
+    """Score a memory model's summaries of recorded runs: what the agent used next that they keep."""
+    from comem_cli.bench.quality import QualitySettings, quality_command
+    from comem_cli.config import BACKENDS, parse_int_list
+    from comem_cli.errors import UserError
+
+    if memory_backend not in BACKENDS or memory_backend == "main":
+        raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
+    models = [m.strip() for m in memory_model.split(",") if m.strip()] if memory_model else [None]
+    settings = QualitySettings(
+        trajectories=trajectories or [], memory_models=models, memory_backend=memory_backend, memory_api_base=memory_api_base,
+        memory_context=memory_context, sections=parse_int_list(summary_sections, "--summary-sections", minimum=1),
+        max_summary_tokens=parse_int_list(max_summary_tokens, "--max-summary-tokens", minimum=16), k=k, every=every,
+        launch_tokens=launch_tokens, max_summaries=max_summaries, memory_timeout=memory_timeout, judge_model=judge_model,
+        judge_api_base=judge_api_base, json_out=json_out)
+    if any(s > 5 for s in settings.sections):
+        raise UserError(f"--summary-sections takes values from 1 to 5 (got {summary_sections!r})")
+    raise typer.Exit(quality_command(settings))

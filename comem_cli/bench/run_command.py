@@ -86,7 +86,7 @@ def bench_command(s: BenchSettings) -> int:
     from comem_cli.config import DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
     from comem_cli.ui import console
 
-    from comem_cli.bench.latency.command import parse_arms
+    from comem_cli.config import parse_arms
 
     arms = parse_arms(s.memory)
     k = s.k_value()

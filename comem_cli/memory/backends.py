@@ -72,6 +72,13 @@ def choose_backend(config: MemoryConfig) -> str:
     return "main"
 
 
+def _within(backend: MemoryBackend, context: int | None) -> MemoryBackend:
+    """--memory-context narrows the window the model's config gives (never widens it)."""
+    if context:
+        backend.context = min(context, backend.context or context)
+    return backend
+
+
 def load_backend(config: MemoryConfig, main: ModelConfig | None = None) -> MemoryBackend:
     """Build the backend a MemoryConfig asks for (`main`: the run's main model, for the `main`
     backend). Raises UserError when it cannot be built."""
@@ -81,23 +88,25 @@ def load_backend(config: MemoryConfig, main: ModelConfig | None = None) -> Memor
             raise UserError("--memory-backend main needs a main model (--model)")
         from comem_cli.memory.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(main.name, main.api_base, timeout_s=config.timeout_s, name="main", parallel=False)
+        return OpenAIBackend(main.name, main.api_base, timeout_s=config.timeout_s, name="main", parallel=False,
+                             context=config.context)
     if kind == "openai":
         if not config.model:
             raise UserError("--memory-backend openai needs --memory-model (e.g. openai/<served name>)")
-        from comem_cli.memory.openai_backend import OpenAIBackend
+        from comem_cli.memory.openai_backend import OpenAIBackend, served_context
 
-        return OpenAIBackend(config.model, config.api_base, timeout_s=config.timeout_s)
+        return OpenAIBackend(config.model, config.api_base, timeout_s=config.timeout_s,
+                             context=config.context or served_context(config.api_base, config.model))
     model = resolve_model(config)
     try:
         if kind == "transformers":
             from comem_cli.memory.hf import TransformersBackend
 
-            return TransformersBackend(model)
+            return _within(TransformersBackend(model), config.context)
         if kind == "vllm":
             from comem_cli.memory.vllm_engine import VLLMBackend
 
-            return VLLMBackend(model)
+            return _within(VLLMBackend(model), config.context)
     except ImportError as e:
         raise UserError(f"memory backend {kind!r} is not installed ({e.name or e}); install comem[{'memory' if kind == 'transformers' else 'vllm'}]") from None
     except (OSError, ValueError) as e:

@@ -7,7 +7,9 @@ concurrent requests in one batch (a serving engine): the pipeline then writes a 
 as parallel requests (`MemoryConfig.sections`), after one 1-token request that prefills their
 shared input (so that a prefix cache computes it once). A request that timed out raises
 `TimeoutError` or `comem_cli.llm.CallTimeout` (the pipeline then stops using the memory model in
-that run); any other exception is an ordinary failure. The factory that picks and builds a
+that run); any other exception is an ordinary failure. `context` is the model's window in tokens:
+the model config (transformers), `max_model_len` (vLLM, and an OpenAI-compatible server's
+`/v1/models` where it says), else `--memory-context`; every request is fitted into it. The factory that picks and builds a
 backend is `comem_cli.memory.backends`.
 """
 
@@ -45,6 +47,7 @@ def generation_limit(prompt_tokens: int, max_tokens: int, context: int | None) -
 class MemoryBackend(Protocol):
     name: str
     parallel: bool
+    context: int | None  # the model's window in tokens (None: unknown); every request is fitted into it
 
     def summarize(self, messages: list[dict[str, str]], *, max_tokens: int, request_id: str) -> str: ...
 

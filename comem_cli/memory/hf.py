@@ -185,6 +185,7 @@ class TransformersBackend:
 
         cfg = self._model.config
         self.max_model_len: int | None = getattr(cfg, "max_position_embeddings", None)
+        self.context = self.max_model_len  # the window requests are fitted to (memory/base.py)
         self._eos_ids = self._collect_eos_ids()
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else (self._eos_ids[0] if self._eos_ids else 0)

@@ -10,14 +10,35 @@ import threading
 from comem_cli.memory.base import Cancelled
 
 
+def served_context(api_base: str | None, model: str, timeout_s: float = 5.0) -> int | None:
+    """The window an OpenAI-compatible server says it serves `model` with (vLLM's `max_model_len` in
+    `/v1/models`); None when it does not say or does not answer."""
+    import json
+    import urllib.request
+
+    if not api_base:
+        return None
+    served = model.split("/", 1)[1] if model.startswith(("openai/", "hosted_vllm/")) else model
+    try:
+        with urllib.request.urlopen(api_base.rstrip("/") + "/models", timeout=timeout_s) as response:
+            entries = json.loads(response.read()).get("data") or []
+    except Exception:  # noqa: BLE001 - a server that does not list its models is fine
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("id") in (served, model) and isinstance(entry.get("max_model_len"), int):
+            return entry["max_model_len"]
+    return None
+
+
 class OpenAIBackend:
     """A chat model through litellm (`openai/<served name>` + api_base, or any litellm name)."""
 
     def __init__(self, model: str, api_base: str | None = None, *, timeout_s: float = 300.0, temperature: float = 0.0,
-                 name: str = "openai", parallel: bool = True):
+                 name: str = "openai", parallel: bool = True, context: int | None = None):
         self.model = model if "/" in model else f"openai/{model}"
         self.api_base, self.timeout_s, self.temperature = api_base, timeout_s, temperature
         self.name = name
+        self.context = context  # the model's window (requests are fitted into it); None: unknown
         # A serving engine batches concurrent requests (and, vLLM / SGLang, caches prefixes): the
         # sections of a summary go as parallel requests. A hosted main model bills every request's
         # input: one request per summary.

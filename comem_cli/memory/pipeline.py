@@ -185,20 +185,15 @@ class MemoryContext:
             if job is None:
                 return
             history = self.steps[:job.cutoff]
-            previous = self.schedule.best() if self.config.incremental else None
-        try:
+            best = self.schedule.best()
+        earlier = (best.cutoff, best.summary) if best is not None and best.summary else None
+        try:  # the request fits the memory model's window (folded through the newest summary, or cut)
             messages = summary_input(self.task, history, max_observation_chars=self.config.max_observation_chars,
-                                     previous=(previous.cutoff, previous.summary) if previous is not None else None)
-            ids = self._request_ids(job)
-            if len(self.groups) == 1:
-                text = self.backend.summarize(messages, max_tokens=self.config.max_summary_tokens, request_id=ids[0])
-            else:  # their shared input prefilled once, then every section at once
-                asks = [for_sections(messages, g) for g in self.groups]
-                self.backend.summarize(asks[0], max_tokens=1, request_id=ids[0])
-                budget = max(1, self.config.max_summary_tokens // len(self.groups))
-                parts = in_parallel([lambda ask=ask, rid=rid: self.backend.summarize(ask, max_tokens=budget, request_id=rid)
-                                     for ask, rid in zip(asks, ids[1:])])
-                text = "\n\n".join(part.strip() for part in parts)
+                                     previous=earlier if self.config.incremental else None, fold=earlier,
+                                     context=getattr(self.backend, "context", None),
+                                     max_summary_tokens=self.config.max_summary_tokens)
+            text = write_summary(self.backend, messages, self.groups, self.config.max_summary_tokens,
+                                 self._request_ids(job))
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"
             timed_out = False
             if error is None and self.config.check:  # against the steps the agent took while it was written
@@ -228,10 +223,7 @@ class MemoryContext:
                 self.late.append({"kind": "prewarm", "job": job.id, **result})
 
     def _request_ids(self, job: Job) -> list[str]:
-        """The backend request ids of `job`: one, or the prefill and one per section group."""
-        if len(self.groups) == 1:
-            return [f"comem-{job.id}"]
-        return [f"comem-{job.id}-prefill"] + [f"comem-{job.id}-{i}" for i in range(len(self.groups))]
+        return request_ids(job.id, len(self.groups))
 
     # -- views -----------------------------------------------------------------------------------
     def prepare(self, steps) -> tuple[View, list[dict[str, Any]]]:
@@ -304,6 +296,29 @@ class MemoryContext:
             # after the last step's view (e.g. a last pre-warm, a failure while the last command ran)
             "late_events": self.schedule.events[self.reported[1]:] + self.late[self.reported[2]:],
         }
+
+
+def write_summary(backend, messages: list[dict[str, str]], groups: list[tuple[str, ...]], max_summary_tokens: int,
+                  ids: list[str]) -> str:
+    """One summary from the memory model, as every summarizing arm asks for it: one request, or (with
+    several section `groups`) a 1-token request that prefills their shared input, then one request per
+    group at once, joined in order. `ids`: the request ids (`request_ids`). `comem bench memory` asks
+    through this very function."""
+    if len(groups) == 1:
+        return backend.summarize(messages, max_tokens=max_summary_tokens, request_id=ids[0])
+    asks = [for_sections(messages, g) for g in groups]
+    backend.summarize(asks[0], max_tokens=1, request_id=ids[0])
+    budget = max(1, max_summary_tokens // len(groups))
+    parts = in_parallel([lambda ask=ask, rid=rid: backend.summarize(ask, max_tokens=budget, request_id=rid)
+                         for ask, rid in zip(asks, ids[1:])])
+    return "\n\n".join(part.strip() for part in parts)
+
+
+def request_ids(job_id: int | str, groups: int) -> list[str]:
+    """The backend request ids of one summary: one, or the prefill and one per section group."""
+    if groups == 1:
+        return [f"comem-{job_id}"]
+    return [f"comem-{job_id}-prefill"] + [f"comem-{job_id}-{i}" for i in range(groups)]
 
 
 def overlap(interval: tuple[float, float], spans: list[tuple[float, float]]) -> float:

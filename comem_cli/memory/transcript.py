@@ -9,7 +9,7 @@ prefix-caching server prefills only the new steps. Long observations are cut hea
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 from comem_cli.templates import render
 
@@ -72,16 +72,74 @@ def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 
     return [{"role": "system", "content": render("memory_instruction.j2")}, {"role": "user", "content": user}]
 
 
+SHORT_OBSERVATION_CHARS = 400  # observations are cut to this (at most) before steps are left out
+CHARS_PER_TOKEN = 3  # a safe (dense) estimate for fitting a request into a model's window: code tokenizes at ~3-4
+ROOM = 64  # tokens left over for the chat template's own
+
+
+def request_tokens(messages: list[dict[str, str]]) -> int:
+    """A safe estimate of a request's tokens (dense text, chat template included)."""
+    return sum(len(m["content"]) // CHARS_PER_TOKEN + 8 for m in messages) + ROOM
+
+
 def summary_input(task: str, steps: Sequence[StepLike], *, previous: tuple[int, str] | None = None,
-                  max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
+                  max_observation_chars: int = MAX_OBSERVATION_CHARS, context: int | None = None,
+                  max_summary_tokens: int = 2048, fold: tuple[int, str] | None = None) -> list[dict[str, str]]:
     """The memory model's input for a summary of all of `steps`: with `previous` = (cut-off, text) of
     an earlier summary (incremental mode) that covers fewer steps, that summary and the steps after
-    it. One function for the pipeline and the latency benchmark's workload."""
+    it. One function for the pipeline, `comem bench memory` and the latency benchmark's workload.
+
+    With `context` (the memory model's window, in tokens) the request always fits with room for the
+    summary: when the transcript is too long, the oldest steps are folded in through `fold`, the
+    newest earlier summary (cut-off, text), observations are cut shorter, or else the oldest steps
+    are left out and the request says which; past that, observations and then the task are cut
+    shorter still. A request never fails for length."""
+    def build(first: int, prior: str | None, observation_chars: int, task_text: str = task) -> list[dict[str, str]]:
+        return memory_messages(task_text, steps[first:], first_index=first, previous=prior,
+                               max_observation_chars=observation_chars)
+
     if previous is not None and previous[0] < len(steps):
-        cutoff, text = previous
-        return memory_messages(task, steps[cutoff:], first_index=cutoff, previous=text,
-                               max_observation_chars=max_observation_chars)
-    return memory_messages(task, steps, max_observation_chars=max_observation_chars)
+        messages = build(previous[0], previous[1], max_observation_chars)
+    else:
+        messages = build(0, None, max_observation_chars)
+    if context is None:
+        return messages
+    budget = context - min(max_summary_tokens, context // 2)
+    if request_tokens(messages) <= budget:
+        return messages
+    starts = [(0, None)] + ([fold] if fold is not None and 0 < fold[0] < len(steps) else [])
+    for chars in (max_observation_chars, max(SHORT_OBSERVATION_CHARS, max_observation_chars // 4)):
+        for first, prior in starts:  # everything, or the oldest steps folded in through the newest summary
+            messages = build(first, prior, chars)
+            if request_tokens(messages) <= budget:
+                return messages
+    low, high = 1, max(1, len(steps) - 1)  # else the fewest oldest steps to leave out so that the rest fits
+    while low < high:
+        middle = (low + high) // 2
+        if request_tokens(build(middle, None, chars)) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    first, task_text = min(low, max(0, len(steps) - 1)), task
+    messages = build(first, None, chars)
+    while request_tokens(messages) > budget and chars > 100:
+        chars //= 2
+        messages = build(first, None, chars, task_text)
+    while request_tokens(messages) > budget and len(task_text) > 400:
+        task_text = cut_observation(task_text, len(task_text) // 2)
+        messages = build(first, None, chars, task_text)
+    reply_chars = max(len(s.response) for s in steps[first:]) if steps[first:] else 0
+    while request_tokens(messages) > budget and reply_chars > 200:  # last, the replies themselves
+        reply_chars //= 2
+        short = [_Step(cut_observation(s.response, reply_chars), s.action, s.observation) for s in steps[first:]]
+        messages = memory_messages(task_text, short, first_index=first, max_observation_chars=chars)
+    return messages
+
+
+class _Step(NamedTuple):
+    response: str
+    action: str | None
+    observation: str
 
 
 def for_sections(messages: list[dict[str, str]], sections: Sequence[str]) -> list[dict[str, str]]:

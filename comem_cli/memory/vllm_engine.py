@@ -97,6 +97,7 @@ class VLLMBackend:
     ) -> None:
         self.model = str(model)
         self.max_model_len = int(max_model_len)
+        self.context = self.max_model_len  # the window requests are fitted to (memory/base.py)
         self.temperature = float(temperature)
         self.seed = int(seed)
         self._lock = threading.Lock()

@@ -17,7 +17,8 @@ Modules, one concept each:
 """
 
 from comem_cli.bench.latency.calibration import PAPER_GLM47, fit_engines, paper_check, print_calibration
-from comem_cli.bench.latency.command import LatencySettings, latency_command, parse_arms, parse_int_list, variants
+from comem_cli.bench.latency.command import LatencySettings, latency_command, variants
+from comem_cli.config import parse_arms, parse_int_list
 from comem_cli.bench.latency.results import RunStat, StepStat, Variant, add_ratios, print_report, summarize_runs
 from comem_cli.bench.latency.simulation import simulate
 from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, Replay, TokenCounter, Workload,

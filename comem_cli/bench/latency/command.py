@@ -16,7 +16,7 @@ from comem_cli.bench.costmodel import CostParams, apply_overrides
 from comem_cli.bench.latency.results import Variant, add_ratios, print_report, print_summary
 from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, Workload,
                                               default_trajectories, load_replays)
-from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig
+from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig, parse_arms, parse_int_list
 from comem_cli.errors import UserError
 
 SERVINGS = ("model", "local", "endpoint", "vllm")
@@ -60,25 +60,6 @@ class LatencySettings(BaseModel):
     memory_arch: Optional[str] = None
     calibrate_engine: bool = False
     cost_params: Optional[Path] = None
-
-
-def parse_int_list(value: str | int | None, flag: str, *, minimum: int) -> list[int]:
-    text = str(value if value is not None else "").strip()
-    try:
-        items = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        items = []
-    if not items or any(i < minimum for i in items):
-        raise UserError(f"{flag} takes a comma-separated list of integers >= {minimum} (got {text!r})")
-    return list(dict.fromkeys(items))
-
-
-def parse_arms(memory: str) -> list[str]:
-    arms = [a.strip() for a in memory.split(",") if a.strip()]
-    bad = [a for a in arms if a not in ARMS]
-    if not arms or bad:
-        raise UserError(f"--memory takes arms from {', '.join(ARMS)} (got {memory!r})")
-    return list(dict.fromkeys(arms))
 
 
 def variants(arms: Sequence[str], ks: Sequence[int], every: int | None, prewarm: bool | None, *,
