@@ -5,6 +5,8 @@ bench, or a training run.
   step by step, so the overlap of memory work with agent work is visible.
 - Curves: per-step main-model latency and prompt tokens, one line per arm.
 - Training: the reward curve (mean with a std band) from train_report.json.
+- Memory quality: the rows of `comem bench memory --json FILE` (a FILE named memory-quality.json in
+  the folder, or the FILE itself): recall, headings, compression and check per configuration.
 """
 
 from __future__ import annotations
@@ -94,17 +96,37 @@ def checked_meta(run: RunRecord) -> dict[str, Any]:
         raise UserError(f"{run.path / 'meta.json'}: {where} {EXPECTED.get(first['type'], first['msg'])} (got {got})") from None
 
 
+QUALITY = "memory-quality.json"  # `comem bench memory --json` rows that a folder's report shows
+QUALITY_SCORES = ("forward_recall", "artifact_recall", "sections_complete", "check_passed")
+
+
 @dataclass
 class Sources:
     runs: dict[str, list[RunRecord]]  # arm (or "run") -> runs
     training: dict[str, Any] | None
     title: str
+    quality: list[dict[str, Any]] | None = None  # `comem bench memory` rows
+
+
+def quality_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a `comem bench memory --json` file (UserError when it is not one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not (isinstance(data, list) and data and all(isinstance(r, dict) and "forward_recall" in r for r in data)):
+        raise UserError(f"{path}: not the rows of `comem bench memory --json`")
+    return data
 
 
 def find_sources(path: Path) -> Sources:
     path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        return Sources(runs={}, training=None, title=path.stem, quality=quality_rows(path))
     if not path.is_dir():
-        raise UserError(f"{path} is not a directory (give a run dir, a bench output dir or a training output dir)")
+        raise UserError(f"{path} is not a directory (give a run dir, a bench output dir, a training output dir "
+                        "or a `comem bench memory --json` file)")
+    quality = quality_rows(path / QUALITY) if (path / QUALITY).is_file() else None
     training = None
     if (path / "train_report.json").is_file():
         training = _json_object(path / "train_report.json")
@@ -119,9 +141,27 @@ def find_sources(path: Path) -> Sources:
         run.meta = checked_meta(run)
         arm = run.meta["arm"] or run.meta["config"]["memory"]["arm"] or "run"
         runs.setdefault(arm, []).append(run)
-    if not runs and training is None:
-        raise UserError(f"{path} holds no comem run (trajectory.jsonl) and no train_report.json")
-    return Sources(runs=runs, training=training, title=path.name)
+    if not runs and training is None and quality is None:
+        raise UserError(f"{path} holds no comem run (trajectory.jsonl), no train_report.json and no {QUALITY}")
+    return Sources(runs=runs, training=training, title=path.name, quality=quality)
+
+
+def quality_table(rows: list[dict[str, Any]]) -> str:
+    """`comem bench memory` rows: what each configuration's summaries keep."""
+    head = ("<table class='totals'><tr><th>memory model</th><th>sections</th><th>cap</th><th>summaries</th><th>failed</th>"
+            "<th>forward recall</th><th>artifact recall</th><th>headings</th><th>compression</th><th>check passed</th>"
+            "<th>s / summary</th><th>action consistency</th></tr>")
+    cell = lambda v, f="{:.2f}": "-" if v is None else f.format(v)  # noqa: E731
+    body = [f"<tr><td>{_esc(r.get('memory_model'))}</td><td>{_esc(r.get('sections'))}</td><td>{_esc(r.get('max_summary_tokens'))}</td>"
+            f"<td>{_esc(r.get('summaries'))}</td><td>{_esc(r.get('failed'))}</td><td>{cell(r.get('forward_recall'))}</td>"
+            f"<td>{cell(r.get('artifact_recall'))}</td><td>{cell(r.get('sections_complete'))}</td>"
+            f"<td>{cell(r.get('compression'))}</td><td>{cell(r.get('check_passed'), '{:.0%}')}</td>"
+            f"<td>{cell(r.get('summary_s'), '{:.1f}')}</td><td>{cell(r.get('action_consistency'))}</td></tr>" for r in rows]
+    return head + "".join(body) + "</table>"
+
+
+def quality_label(row: dict[str, Any]) -> str:
+    return f"{row.get('memory_model')} · {row.get('sections')} sect. · cap {row.get('max_summary_tokens')}"
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -275,6 +315,10 @@ def render_html(src: Sources, max_timelines: int = 8) -> str:
     if src.training is not None:
         means, _ = reward_series(src.training)
         body.append("<h2>Training reward</h2>" + curves_svg({"reward": means}, "reward", "mean reward per step"))
+    if src.quality:
+        body.append("<h2>Memory quality (comem bench memory)</h2><p>recall: the share of the facts the agent used after a "
+                    "cut-off (forward) and of the files it wrote before it (artifact) that a summary names; a failed summary "
+                    "counts 0. Check passed: summaries the swap-time check would use as they are.</p>" + quality_table(src.quality))
     style = ("body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.charts{display:flex;gap:16px}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>comem report {_esc(src.title)}</title>"
@@ -287,7 +331,7 @@ def render_png(src: Sources, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (3 if src.runs else 0) + (1 if src.training is not None else 0)
+    panels = (3 if src.runs else 0) + (1 if src.training is not None else 0) + (1 if src.quality else 0)
     fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), squeeze=False)
     ax_iter = iter(axes[:, 0])
     if src.runs:
@@ -328,6 +372,17 @@ def render_png(src: Sources, path: Path) -> None:
                         color=COLORS["reward"], alpha=0.2)
         ax.set_title("training reward")
         ax.set_xlabel("step")
+    if src.quality:  # grouped bars: one group per configuration, one bar per score
+        ax = next(ax_iter)
+        width = 0.8 / len(QUALITY_SCORES)
+        for i, name in enumerate(QUALITY_SCORES):
+            ax.bar([x + i * width for x in range(len(src.quality))], [r.get(name) or 0.0 for r in src.quality],
+                   width=width, label=name.replace("_", " "))
+        ax.set_xticks([x + width * (len(QUALITY_SCORES) - 1) / 2 for x in range(len(src.quality))],
+                      [quality_label(r) for r in src.quality], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title("memory quality: what the summaries keep")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=90)

@@ -59,6 +59,12 @@ def test_whole_input_recalls_everything_and_headings_recall_nothing(tmp_path):
     assert echo["forward_recall"] >= 0.9 and echo["check_passed"] == 0 and echo["not_shorter"] > 0
     assert heads["forward_recall"] <= 0.1 and heads["check_passed"] == 0 and heads["sections_complete"] == 1.0
     assert "comem bench memory" in r.stdout and "forward" in r.stdout
+    # the rows have a section of their own in `comem report` (table and chart)
+    report = run_cli("report", str(tmp_path / "whole.json"), "-o", str(tmp_path / "quality.html"))
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "quality.html").read_text()
+    assert "Memory quality" in page and "openai/scripted" in page and (tmp_path / "quality.png").stat().st_size > 1000
+    assert run_cli("report", str(tmp_path / "whole.json").replace("whole", "nothing")).returncode == 2
 
 
 def test_a_summary_that_omits_a_file_scores_lower_and_configurations_compare(tmp_path):
@@ -114,3 +120,17 @@ def test_bad_input_is_one_line(tmp_path):
                     "openai/scripted", "--memory-api-base", server.url, "--every", "1")
     assert r.returncode == 0 and "skipped" in r.stderr and "broken.traj.json" in r.stderr, r.stdout + r.stderr
     assert os.path.basename(str(runs)) in r.stderr
+
+
+@pytest.mark.slow
+def test_smollm2_on_a_long_real_run_makes_every_summary_within_its_window(tmp_path):
+    """SmolLM2-135M (8k window, the offline CPU model) on a 51-step real run: every request fitted, none failed."""
+    from comem_cli.resources import bundled_trajectories
+
+    run = bundled_trajectories() / "mini-swe-agent" / "sympy__sympy-20916.traj.json.gz"
+    r = run_cli("bench", "memory", "--memory-backend", "transformers", "--trajectories", str(run), "--max-summaries", "2",
+                "--max-summary-tokens", "256", "--json", str(tmp_path / "smol.json"), timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "smol.json").read_text())
+    assert row["summaries"] == 2 and row["failed"] == 0 and row["memory_backend"] == "transformers", row
+    assert row["sections"] == 1 and row["summary_s"] > 0

@@ -185,8 +185,10 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                             progress()
                 asked = done + sum(failures.values())
                 rows.append({
-                    "memory_model": model or "(default)", "memory_backend": getattr(backend, "name", settings.memory_backend),
-                    "sections": sections, "max_summary_tokens": cap, "k": settings.k, "every": settings.every,
+                    "memory_model": model or Path(str(getattr(backend, "model_name", "default"))).name,
+                    "memory_backend": getattr(backend, "name", settings.memory_backend),
+                    "sections": len(groups),  # what was sent: a backend that does not batch gets one request
+                    "max_summary_tokens": cap, "k": settings.k, "every": settings.every,
                     "launch_tokens": config.launch_tokens, "trajectories": len(trajectories),
                     "summaries": asked, "failed": sum(failures.values()),
                     "failures": dict(failures.most_common(5)),
