@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from comem_cli.config import DEFAULT_SUMMARY_CAP
 from comem_cli.errors import UserError
 from comem_cli.signals import default_on_signals, interrupt_on_signals
 
@@ -53,7 +54,7 @@ def fix(
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on)."),
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate | main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost)."),
-    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands)."),
+    max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands)."),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell (transformers and vLLM read it from the model, an OpenAI-compatible server from /v1/models); every summary request is fitted into it."),
     summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),

@@ -34,6 +34,7 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 PAPER_EVERY, PAPER_K = 4, 1
 THRESHOLD_START, THRESHOLD_BLOCK = 0.80, 0.95  # of raw_budget
 DEFAULT_MEMORY_WORKERS = 64  # memory requests in flight per process (the memory thread pool); measured
+DEFAULT_SUMMARY_CAP = 1024  # --max-summary-tokens; chosen with both benchmarks (docs/memory-quality.md)
 DEFAULT_LAUNCH_TOKENS = 2000  # comem launches a summary once this many raw-tail tokens are not covered; measured
 
 
@@ -94,7 +95,7 @@ class MemoryConfig(BaseModel):
     backend: Backend = "auto"
     model: str | None = None
     api_base: str | None = None
-    max_summary_tokens: int = 2048
+    max_summary_tokens: int = DEFAULT_SUMMARY_CAP
     context: int | None = Field(None, ge=512)  # the memory model's window, where its backend cannot tell (--memory-context)
     # A summary's fixed sections are written by this many parallel requests sharing one prefilled
     # input (max_summary_tokens split between them), on backends that batch concurrent requests

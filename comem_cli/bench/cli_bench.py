@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from comem_cli.bench.datasets import BENCHMARKS
-from comem_cli.config import ARMS
+from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP
 
 MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
 ARM_LIST = ",".join(ARMS)
@@ -145,7 +145,7 @@ def memory_quality(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
     judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
     summary_sections: str = typer.Option("4", "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
-    max_summary_tokens: str = typer.Option("2048", "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
+    max_summary_tokens: str = typer.Option(str(DEFAULT_SUMMARY_CAP), "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
     k: int = typer.Option(2, "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from comem_cli.config import MemoryConfig
+from comem_cli.config import DEFAULT_SUMMARY_CAP, MemoryConfig
 from comem_cli.errors import UserError
 from comem_cli.memory.quality import check, score
 from comem_cli.memory.schedule import Schedule, Submit, policy_for
@@ -43,7 +43,7 @@ class QualitySettings(BaseModel):
     memory_api_base: str | None = None
     memory_context: int | None = None
     sections: list[int] = [4]
-    max_summary_tokens: list[int] = [2048]
+    max_summary_tokens: list[int] = [DEFAULT_SUMMARY_CAP]
     k: int = 2
     every: int | None = None
     launch_tokens: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Protocol, Sequence
 
+from comem_cli.config import DEFAULT_SUMMARY_CAP
 from comem_cli.templates import render
 
 MAX_OBSERVATION_CHARS = 2000
@@ -84,7 +85,7 @@ def request_tokens(messages: list[dict[str, str]]) -> int:
 
 def summary_input(task: str, steps: Sequence[StepLike], *, previous: tuple[int, str] | None = None,
                   max_observation_chars: int = MAX_OBSERVATION_CHARS, context: int | None = None,
-                  max_summary_tokens: int = 2048, fold: tuple[int, str] | None = None) -> list[dict[str, str]]:
+                  max_summary_tokens: int = DEFAULT_SUMMARY_CAP, fold: tuple[int, str] | None = None) -> list[dict[str, str]]:
     """The memory model's input for a summary of all of `steps`: with `previous` = (cut-off, text) of
     an earlier summary (incremental mode) that covers fewer steps, that summary and the steps after
     it. One function for the pipeline, `comem bench memory` and the latency benchmark's workload.
