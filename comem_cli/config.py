@@ -15,7 +15,7 @@ from comem_cli.errors import UserError
 DEFAULT_IMAGE = "comem-sandbox:latest"
 DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 
-# The context arms: one vocabulary for every command, report and table (SPEC 3.5, peers as arms).
+# The context arms: one vocabulary for every command, report and table (each peer is an arm).
 Arm = Literal["full", "mask", "sync", "paper", "threshold", "comem"]
 ARMS: tuple[str, ...] = ("full", "mask", "sync", "paper", "threshold", "comem")
 SUMMARIZING_ARMS: tuple[str, ...] = ("sync", "paper", "threshold", "comem")  # the arms that need a memory model
@@ -79,7 +79,7 @@ class AgentConfig(BaseModel):
 
 
 class MemoryConfig(BaseModel):
-    """How the main model's prompt is kept bounded (SPEC section 3; the rules: memory/schedule.py)."""
+    """How the main model's prompt is kept bounded (docs/design.md; the rules: memory/schedule.py)."""
 
     arm: Arm = "full"
     # comem: the staleness (in steps) the user accepts before comem prefers to wait for a summary

@@ -55,7 +55,7 @@ class LitellmModel:
 
     def prewarm(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         """Send `messages` with max_tokens=1 so a prefix-caching server has them cached for the next
-        real call (SPEC 3.5, the swap cost). Never raises: a failed pre-warm only costs a cache miss."""
+        real call (the swap cost). Never raises: a failed pre-warm only costs a cache miss."""
         start = time.time()
         try:
             reply = self._call(messages, max_tokens=1, retries=0, deadline=None)

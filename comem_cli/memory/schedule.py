@@ -15,7 +15,7 @@ The life of a run, as the driver tells it:
     expire(now), close(now)                             give up on old jobs; end of run
     drain() -> [Submit() | Cancel(job)]                 what the driver must do now
 
-The rules (SPEC 3.2), in the order `plan` applies them:
+The rules, in the order `plan` applies them:
 
 1. Launch. After step n-1 ends, a job summarizing steps 0..n-1 (cut-off n) is launched when the
    period says so (n % every == 0) or, with `launch_tokens`, when the steps not yet covered by any

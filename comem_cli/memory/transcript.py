@@ -1,4 +1,4 @@
-"""What the memory model reads: instruction first, then the task, then the steps (SPEC 3.3).
+"""What the memory model reads: instruction first, then the task, then the steps.
 
 One implementation for inference (the pipeline) and training (train/samples.py): the model is
 trained on exactly the input it gets in production. The layout is cache-friendly: successive

@@ -1,4 +1,4 @@
-"""The frozen policy of GRPO training (SPEC 4): it reads the view the agent would see and proposes the next action.
+"""The frozen policy of GRPO training (docs/design.md, the reward): it reads the view the agent would see and proposes the next action.
 
 Three kinds, one method `propose(messages) -> str` (the whole reply; the reward takes its ```bash block):
 
