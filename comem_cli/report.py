@@ -1,26 +1,32 @@
 """`comem report DIR`: a self-contained HTML page (inline SVG, no scripts) and a PNG for a run, a
-bench, or a training run.
+bench, or a training run. Every chart is drawn once, by matplotlib: the page embeds its SVG, the
+PNG stacks the same charts.
 
 - Timeline (Gantt) per run: main-model calls, commands, memory jobs (queued -> running) and waits,
   step by step, so the overlap of memory work with agent work is visible.
-- Curves: per-step main-model latency and prompt tokens, one line per arm.
+- Curves: per-step main-model latency and prompt tokens, one line per arm; cached vs uncached
+  prompt tokens per step, per arm.
 - Training: the reward curve (mean with a std band) from train_report.json.
 - Memory quality: the rows of `comem bench memory --json FILE` (a FILE named memory-quality.json in
-  the folder, or the FILE itself): recall, headings, compression and check per configuration.
+  the folder, or the FILE itself): recall, headings, compression and check per configuration, a
+  table and grouped bars.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
-from dataclasses import dataclass
+import re
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from comem_cli.errors import UserError
-from comem_cli.rollouts import RunRecord, atomic_write_text, read_run
+from comem_cli.rollouts import RunRecord, atomic_write_bytes, atomic_write_text, read_run
 
 COLORS = {"model": "#4C78A8", "command": "#72B7B2", "memory": "#F58518", "queued": "#FBD38D", "wait": "#E45756",
           "cached": "#54A24B", "uncached": "#9D755D", "full": "#4C78A8", "mask": "#54A24B", "sync": "#E45756", "paper": "#B6992D", "threshold": "#FF9DA6", "comem": "#F58518", "reward": "#B279A2"}
@@ -161,7 +167,8 @@ def quality_table(rows: list[dict[str, Any]]) -> str:
 
 
 def quality_label(row: dict[str, Any]) -> str:
-    return f"{row.get('memory_model')} · {row.get('sections')} sect. · cap {row.get('max_summary_tokens')}"
+    """A configuration's name under its bars: the model wrapped to a few lines, then sections and cap."""
+    return f"{textwrap.fill(str(row.get('memory_model')), 22)}\n{row.get('sections')} sect. · cap {row.get('max_summary_tokens')}"
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -178,76 +185,199 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def timeline_svg(run: RunRecord, width: int = 1100) -> str:
-    """One run's Gantt chart. Every step is a <g class="timeline-step" data-step=...> group."""
-    steps = run.steps
-    if not steps:
-        return "<p>no steps recorded</p>"
-    jobs = run.meta["memory_jobs"]
+def _slug(text: Any) -> str:
+    """A piece of an SVG element id: letters, digits, '-' and '_' only (ids must be unique in a page)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(text))
+
+
+Tooltips = dict[str, str]  # element id -> the text a browser shows on hover
+
+
+@dataclass
+class Chart:
+    """One chart, drawn by one function on a matplotlib Axes: the HTML page embeds it as an inline
+    SVG and the PNG stacks it with the others, so both show the same drawing."""
+
+    key: str  # unique in a page: the figure's data-chart and the prefix of the ids of its elements
+    draw: Callable[[Any], Tooltips]  # draws on the Axes; returns the hover texts of the elements it named
+    size: tuple[float, float]  # inches (the HTML page shows a chart at 96 px an inch, narrower if the window is)
+    attrs: dict[str, str] = field(default_factory=dict)  # extra attributes of the HTML <figure>
+
+
+def draw_timeline(ax: Any, key: str, run: RunRecord, title: str) -> Tooltips:
+    """One run's Gantt chart: lanes for main-model calls, commands, memory jobs (queued light,
+    running dark) and waits. Each step's bars are named `KEY-step-N-model` / `-command`, each job's
+    `KEY-job-N-queued` / `-memory`, each wait `KEY-wait-N` (N: its position in the run)."""
+    from matplotlib.patches import Patch
+
+    steps, jobs = run.steps, run.meta["memory_jobs"]
     waits = [e for s in steps for e in s.memory if e.get("kind") == "wait"]
-    t0 = min([s.model.start for s in steps] + [j["queued"] for j in jobs if j.get("queued")])
-    t1 = max([s.command.end if s.command else s.model.end for s in steps] + [j["finished"] for j in jobs if j.get("finished")])
-    span = max(t1 - t0, 1e-6)
-    left, lane_h, top = 90, 22, 24
-    lanes = {"model": 0, "command": 1, "memory": 2, "wait": 3}
-    height = top + lane_h * len(lanes) + 20
-    x = lambda t: left + (t - t0) / span * (width - left - 10)  # noqa: E731
+    lanes = ["model", "command", "memory", "wait"]
+    t0 = min([s.model.start for s in steps] + [j["queued"] for j in jobs if j.get("queued")], default=0.0)
+    tips: Tooltips = {}
 
-    def rect(cls: str, a: float, b: float, lane: str, attrs: str, title: str, color: str) -> str:
-        y = top + lanes[lane] * lane_h
-        return (f'<rect class="tl {cls}" {attrs} x="{x(a):.1f}" y="{y + 3}" width="{max(x(b) - x(a), 1.0):.1f}" '
-                f'height="{lane_h - 6}" fill="{color}"><title>{_esc(title)}</title></rect>')
+    def bars(lane: str, spans: list[tuple[float, float, str, str]], color: str) -> None:
+        """Bars on one lane, each (start, end, element id, hover text)."""
+        if not spans:
+            return
+        drawn = ax.barh([lanes.index(lane)] * len(spans), [max(b - a, 0.0) for a, b, _, _ in spans],
+                        left=[a - t0 for a, _, _, _ in spans], height=0.7, color=color, edgecolor="white", linewidth=0.5)
+        for patch, (_, _, gid, tip) in zip(drawn.patches, spans):
+            patch.set_gid(gid)
+            tips[gid] = tip
 
-    parts = [f'<svg class="timeline" data-run="{_esc(run.path.name)}" width="{width}" height="{height}" '
-             f'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for lane, i in lanes.items():
-        parts.append(f'<text x="4" y="{top + i * lane_h + 15}">{lane}</text>')
-    for tick in range(0, 11):
-        t = t0 + span * tick / 10
-        parts.append(f'<text x="{x(t):.1f}" y="12" fill="#666">{t - t0:.1f}s</text>')
-    for s in steps:
-        parts.append(f'<g class="timeline-step" data-step="{s.step}">')
-        parts.append(rect("model", s.model.start, s.model.end, "model", f'data-step="{s.step}"',
-                          f"step {s.step}: main model {s.model.seconds:.2f}s, {s.prompt_tokens} prompt tokens", COLORS["model"]))
-        if s.command:
-            parts.append(rect("command", s.command.start, s.command.end, "command", f'data-step="{s.step}"',
-                              f"step {s.step}: {s.action or ''}"[:200], COLORS["command"]))
-        parts.append("</g>")
-    for j in jobs:
-        if j.get("started") and j.get("queued"):
-            parts.append(rect("memory-queued", j["queued"], j["started"], "memory", f'data-job="{j["id"]}"',
-                              f"job {j['id']} queued", COLORS["queued"]))
-        if j.get("started") and j.get("finished"):
-            parts.append(rect("memory", j["started"], j["finished"], "memory", f'data-job="{j["id"]}" data-cutoff="{j["cutoff"]}"',
-                              f"job {j['id']}: summary of steps 0-{j['cutoff'] - 1}, {j['status']}, {j['finished'] - j['started']:.2f}s",
-                              COLORS["memory"]))
-    for w in waits:
-        parts.append(rect("wait", w["start"], w["end"], "wait", f'data-step="{w["step"]}"',
-                          f"step {w['step']} waited {w['end'] - w['start']:.2f}s ({w['reason']})", COLORS["wait"]))
-    parts.append("</svg>")
-    return "".join(parts)
+    bars("model", [(s.model.start, s.model.end, f"{key}-step-{s.step}-model",
+                    f"step {s.step}: main model {s.model.seconds:.2f}s, {s.prompt_tokens} prompt tokens") for s in steps],
+         COLORS["model"])
+    bars("command", [(s.command.start, s.command.end, f"{key}-step-{s.step}-command", f"step {s.step}: {s.action or ''}"[:200])
+                     for s in steps if s.command], COLORS["command"])
+    bars("memory", [(j["queued"], j["started"], f"{key}-job-{j['id']}-queued", f"job {j['id']} queued")
+                    for j in jobs if j.get("queued") and j.get("started")], COLORS["queued"])
+    bars("memory", [(j["started"], j["finished"], f"{key}-job-{j['id']}-memory",
+                     f"job {j['id']}: summary of steps 0-{j['cutoff'] - 1}, {j['status']}, {j['finished'] - j['started']:.2f}s")
+                    for j in jobs if j.get("started") and j.get("finished")], COLORS["memory"])
+    bars("wait", [(w["start"], w["end"], f"{key}-wait-{i}", f"step {w['step']} waited {w['end'] - w['start']:.2f}s ({w['reason']})")
+                  for i, w in enumerate(waits)], COLORS["wait"])
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)  # the main model on top
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_title(title)
+    if not steps:
+        ax.text(0.5, 0.5, "no steps recorded", transform=ax.transAxes, ha="center", va="center")
+    ax.legend(handles=[Patch(color=COLORS[name], label=label) for name, label in
+                       (("model", "main model"), ("command", "command"), ("queued", "memory job queued"),
+                        ("memory", "memory job running"), ("wait", "wait"))],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside, the same on every timeline
+    return tips
 
 
-def curves_svg(series: dict[str, list[float]], kind: str, unit: str, width: int = 540, height: int = 240) -> str:
-    """Line chart, one polyline per series (<polyline class="curve KIND" data-arm=...>)."""
-    values = [v for vs in series.values() for v in vs]
-    if not values:
-        return ""
-    vmax = max(values) or 1.0
-    nmax = max(len(vs) for vs in series.values())
-    left, bottom = 50, 24
-    x = lambda i: left + i / max(nmax - 1, 1) * (width - left - 10)  # noqa: E731
-    y = lambda v: height - bottom - v / vmax * (height - bottom - 10)  # noqa: E731
-    parts = [f'<svg class="chart {kind}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" '
-             f'font-family="sans-serif" font-size="11"><text x="4" y="14">{_esc(kind)} ({_esc(unit)})</text>'
-             f'<text x="4" y="{y(vmax):.0f}" fill="#666">{vmax:.3g}</text><text x="{width - 60}" y="{height - 6}" fill="#666">step</text>']
-    for i, (name, vs) in enumerate(series.items()):
-        color = COLORS.get(name, ["#4C78A8", "#F58518", "#54A24B", "#E45756"][i % 4])
-        points = " ".join(f"{x(j):.1f},{y(v):.1f}" for j, v in enumerate(vs))
-        parts.append(f'<polyline class="curve {kind}" data-arm="{_esc(name)}" fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-        parts.append(f'<text x="{width - 120}" y="{30 + 14 * i}" fill="{color}">{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def draw_per_step(ax: Any, key: str, series: dict[str, list[float]], title: str, ylabel: str) -> Tooltips:
+    """A line per arm (element `KEY-ARM`), a marker per step."""
+    from matplotlib.ticker import MaxNLocator
+
+    for i, (arm, values) in enumerate(series.items()):
+        (line,) = ax.plot(range(len(values)), values, marker="o", markersize=3, label=arm, color=COLORS.get(arm, f"C{i}"))
+        line.set_gid(f"{key}-{_slug(arm)}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(bottom=0)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    return {}
+
+
+def draw_cache(ax: Any, key: str, series: dict[str, list[float]], title: str) -> Tooltips:
+    """Prompt tokens per step as stacked bars: cached (bottom) and uncached (top); bars `KEY-cached-N`, `KEY-uncached-N`."""
+    from matplotlib.ticker import MaxNLocator
+
+    steps = range(len(series["cached"]))
+    tips: Tooltips = {}
+    for name, bottom in (("cached", None), ("uncached", series["cached"])):
+        drawn = ax.bar(steps, series[name], bottom=bottom, color=COLORS[name], label=name)
+        for i, patch in enumerate(drawn.patches):
+            patch.set_gid(f"{key}-{name}-{i}")
+            tips[f"{key}-{name}-{i}"] = f"step {i}: {series[name][i]:,.0f} {name} prompt tokens"
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title=title, xlabel="step", ylabel="prompt tokens")
+    ax.legend(fontsize=8)
+    return tips
+
+
+def draw_reward(ax: Any, key: str, training: dict[str, Any]) -> Tooltips:
+    """The training reward per step: the mean (element `KEY-mean`) in a band of one standard deviation."""
+    from matplotlib.ticker import MaxNLocator
+
+    means, stds = reward_series(training)
+    (line,) = ax.plot(range(len(means)), means, marker="o", markersize=3, color=COLORS["reward"], label="mean reward")
+    line.set_gid(f"{key}-mean")
+    ax.fill_between(range(len(means)), [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                    color=COLORS["reward"], alpha=0.2, label="± 1 std")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title="training reward", xlabel="step", ylabel="reward")
+    ax.legend(fontsize=8)
+    return {}
+
+
+def draw_quality(ax: Any, key: str, rows: list[dict[str, Any]]) -> Tooltips:
+    """Grouped bars: one group per configuration, one bar per score (bars `KEY-SCORE-N`)."""
+    width = 0.8 / len(QUALITY_SCORES)
+    for i, name in enumerate(QUALITY_SCORES):
+        drawn = ax.bar([x + i * width for x in range(len(rows))], [r.get(name) or 0.0 for r in rows],
+                       width=width, label=name.replace("_", " "))
+        for n, patch in enumerate(drawn.patches):
+            patch.set_gid(f"{key}-{name}-{n}")
+    ax.set_xticks([x + width * (len(QUALITY_SCORES) - 1) / 2 for x in range(len(rows))], [quality_label(r) for r in rows], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set(title="memory quality: what the summaries keep", ylabel="score")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return {}
+
+
+def run_label(arm: str, run: RunRecord) -> str:
+    return f"{arm} · {run.meta['instance_id'] or run.meta['issue']['title'] or run.path.name}"
+
+
+def timeline_chart(key: str, arm: str, run: RunRecord) -> Chart:
+    return Chart(key, lambda ax: draw_timeline(ax, key, run, f"timeline: {run_label(arm, run)}"), (11.0, 2.6),
+                 {"data-run": run.path.name})
+
+
+def per_step_chart(key: str, series: dict[str, list[float]], title: str, ylabel: str) -> Chart:
+    return Chart(key, lambda ax: draw_per_step(ax, key, series, title, ylabel), (5.6, 3.2))
+
+
+def cache_chart(key: str, runs: list[RunRecord], title: str) -> Chart:
+    return Chart(key, lambda ax: draw_cache(ax, key, cache_series(runs), title), (5.6, 3.2))
+
+
+def reward_chart(training: dict[str, Any]) -> Chart:
+    return Chart("reward", lambda ax: draw_reward(ax, "reward", training), (8.0, 3.2))
+
+
+def quality_chart(rows: list[dict[str, Any]]) -> Chart:
+    """Wider with more configurations (a group of bars and its label need about 1.7 inches), taller
+    with longer labels."""
+    lines = max(quality_label(r).count("\n") + 1 for r in rows)
+    return Chart("quality", lambda ax: draw_quality(ax, "quality", rows), (max(11.0, 2.5 + 1.7 * len(rows)), 2.8 + 0.17 * lines))
+
+
+def svg_figure(chart: Chart) -> str:
+    """The chart as matplotlib's SVG inside an HTML <figure>: text stays text (searchable, scalable),
+    element ids are salted with the chart's key so the charts of one page never share one, and each
+    element the drawing named gets its hover text (an SVG <title>)."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": chart.key}):
+        fig = Figure(figsize=chart.size, layout="constrained")
+        tips = chart.draw(fig.add_subplot())
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]  # the element alone: no XML declaration or DOCTYPE inside HTML
+
+    def group(m: re.Match[str]) -> str:
+        """matplotlib's own group ids (figure_1, axes_1, ...) prefixed with the key, to be unique in the
+        page (nothing refers to them); the named elements given their hover text."""
+        gid = m[1] if m[1].startswith(f"{chart.key}-") else f"{chart.key}-{m[1]}"
+        return f'<g id="{gid}">' + (f"<title>{_esc(tips[gid])}</title>" if gid in tips else "")
+
+    svg = re.sub(r'<g id="([^"]+)">', group, svg)
+    attrs = "".join(f' {name}="{_esc(value)}"' for name, value in chart.attrs.items())
+    return f'<figure class="chart" data-chart="{_esc(chart.key)}"{attrs}>{svg}</figure>'
+
+
+def png_bytes(charts: list[Chart]) -> bytes:
+    """The charts stacked in one PNG, each as wide as the widest and as tall as it is on the page."""
+    from matplotlib.figure import Figure
+
+    heights = [c.size[1] for c in charts]
+    fig = Figure(figsize=(max(c.size[0] for c in charts), sum(heights)), layout="constrained")
+    for chart, ax in zip(charts, fig.subplots(len(charts), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]):
+        chart.draw(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
 
 
 def per_step_mean(runs: list[RunRecord], field: str) -> list[float]:
@@ -300,94 +430,44 @@ def render_html(src: Sources, max_timelines: int = 8) -> str:
         latency = {arm: per_step_mean(rs, "latency") for arm, rs in src.runs.items()}
         tokens = {arm: per_step_mean(rs, "tokens") for arm, rs in src.runs.items()}
         body.append("<h2>Per-step main-model latency and prompt tokens</h2><div class='charts'>"
-                    + curves_svg(latency, "latency", "s") + curves_svg(tokens, "prompt-tokens", "tokens") + "</div>")
+                    + svg_figure(per_step_chart("latency", latency, "main-model latency per step", "seconds"))
+                    + svg_figure(per_step_chart("prompt-tokens", tokens, "prompt tokens per step", "tokens")) + "</div>")
         body.append("<h2>Prompt cache: cached vs uncached prompt tokens per step</h2><div class='charts'>"
-                    + "".join(curves_svg(cache_series(rs), f"cache {arm}", "tokens") for arm, rs in src.runs.items()) + "</div>")
-        body.append("<h2>Timelines</h2><p>main model, commands, memory jobs (light: queued, dark: running) and waits</p>")
-        shown = 0
-        for arm, rs in src.runs.items():
-            for run in rs:
-                if shown >= max_timelines:
-                    break
-                label = run.meta["instance_id"] or run.meta["issue"]["title"] or run.path.name
-                body.append(f"<h3>{_esc(arm)} · {_esc(label)}</h3>" + timeline_svg(run))
-                shown += 1
+                    + "".join(svg_figure(cache_chart(f"cache-{i}", rs, f"prompt cache: {arm}")) for i, (arm, rs) in enumerate(src.runs.items()))
+                    + "</div>")
+        body.append("<h2>Timelines</h2><p>main model, commands, memory jobs (light: queued, dark: running) and waits; "
+                    "hover over a bar for its step</p>")
+        shown = [(arm, run) for arm, rs in src.runs.items() for run in rs][:max_timelines]
+        body += [svg_figure(timeline_chart(f"timeline-{i}", arm, run)) for i, (arm, run) in enumerate(shown)]
     if src.training is not None:
-        means, _ = reward_series(src.training)
-        body.append("<h2>Training reward</h2>" + curves_svg({"reward": means}, "reward", "mean reward per step"))
+        body.append("<h2>Training reward</h2>" + svg_figure(reward_chart(src.training)))
     if src.quality:
         body.append("<h2>Memory quality (comem bench memory)</h2><p>recall: the share of the facts the agent used after a "
                     "cut-off (forward) and of the files it wrote before it (artifact) that a summary names; a failed summary "
-                    "counts 0. Check passed: summaries the swap-time check would use as they are.</p>" + quality_table(src.quality))
+                    "counts 0. Check passed: summaries the swap-time check would use as they are.</p>" + quality_table(src.quality)
+                    + svg_figure(quality_chart(src.quality)))
     style = ("body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.charts{display:flex;gap:16px}")
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.charts{display:flex;flex-wrap:wrap;gap:16px}"
+             "figure.chart{margin:8px 0}figure.chart svg{max-width:100%;height:auto}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>comem report {_esc(src.title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def render_png(src: Sources, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = (3 if src.runs else 0) + (1 if src.training is not None else 0) + (1 if src.quality else 0)
-    fig, axes = plt.subplots(panels, 1, figsize=(11, 3.2 * panels), squeeze=False)
-    ax_iter = iter(axes[:, 0])
+def png_charts(src: Sources) -> list[Chart]:
+    """The PNG's panels: the first run's timeline, latency per arm and the first run's prompt cache;
+    the training reward; the memory quality."""
+    charts = []
     if src.runs:
-        ax = next(ax_iter)
-        run = next(iter(src.runs.values()))[0]
-        t0 = min(s.model.start for s in run.steps) if run.steps else 0
-        for s in run.steps:
-            ax.barh("model", s.model.seconds, left=s.model.start - t0, color=COLORS["model"])
-            if s.command:
-                ax.barh("command", s.command.seconds, left=s.command.start - t0, color=COLORS["command"])
-            for w in (e for e in s.memory if e.get("kind") == "wait"):
-                ax.barh("wait", w["end"] - w["start"], left=w["start"] - t0, color=COLORS["wait"])
-        for j in run.meta["memory_jobs"]:
-            if j.get("started") and j.get("finished"):
-                ax.barh("memory", j["finished"] - j["started"], left=j["started"] - t0, color=COLORS["memory"])
-        ax.set_title(f"timeline: {run.path.name}")
-        ax.set_xlabel("seconds")
-        ax = next(ax_iter)
-        for arm, rs in src.runs.items():
-            ax.plot(per_step_mean(rs, "latency"), label=arm, color=COLORS.get(arm))
-        ax.set_title("per-step main-model latency")
-        ax.set_xlabel("step")
-        ax.set_ylabel("s")
-        ax.legend()
-        ax = next(ax_iter)  # the first run's prompt tokens per step, cached (bottom) and uncached (top)
-        series = cache_series([run])
-        ax.bar(range(len(series["cached"])), series["cached"], color=COLORS["cached"], label="cached")
-        ax.bar(range(len(series["uncached"])), series["uncached"], bottom=series["cached"], color=COLORS["uncached"], label="uncached")
-        ax.set_title(f"prompt tokens per step, cached vs uncached: {run.path.name}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("tokens")
-        ax.legend()
+        arm, rs = next(iter(src.runs.items()))
+        charts += [timeline_chart("timeline", arm, rs[0]),
+                   per_step_chart("latency", {a: per_step_mean(r, "latency") for a, r in src.runs.items()},
+                                  "main-model latency per step", "seconds"),
+                   cache_chart("cache", rs[:1], f"prompt cache: {run_label(arm, rs[0])}")]
     if src.training is not None:
-        ax = next(ax_iter)
-        means, stds = reward_series(src.training)
-        ax.plot(means, color=COLORS["reward"])
-        ax.fill_between(range(len(means)), [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=COLORS["reward"], alpha=0.2)
-        ax.set_title("training reward")
-        ax.set_xlabel("step")
-    if src.quality:  # grouped bars: one group per configuration, one bar per score
-        ax = next(ax_iter)
-        width = 0.8 / len(QUALITY_SCORES)
-        for i, name in enumerate(QUALITY_SCORES):
-            ax.bar([x + i * width for x in range(len(src.quality))], [r.get(name) or 0.0 for r in src.quality],
-                   width=width, label=name.replace("_", " "))
-        ax.set_xticks([x + width * (len(QUALITY_SCORES) - 1) / 2 for x in range(len(src.quality))],
-                      [quality_label(r) for r in src.quality], fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_title("memory quality: what the summaries keep")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+        charts.append(reward_chart(src.training))
+    if src.quality:
+        charts.append(quality_chart(src.quality))
+    return charts
 
 
 def write_report(path: Path, output: Path | None = None) -> tuple[Path, Path]:
@@ -395,5 +475,5 @@ def write_report(path: Path, output: Path | None = None) -> tuple[Path, Path]:
     out = Path(output) if output else Path(path) / "report.html"
     atomic_write_text(out, render_html(src))
     png = out.with_suffix(".png")
-    render_png(src, png)
+    atomic_write_bytes(png, png_bytes(png_charts(src)))
     return out, png

@@ -5,6 +5,7 @@ reads, shown per step and at the end, and plotted by `comem report`."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -57,9 +58,12 @@ def test_openai_style_cached_tokens_are_read_priced_and_shown(words_repo, tmp_pa
     rep = run_cli("report", str(run_dir))
     assert rep.returncode == 0, rep.stderr
     page = (run_dir / "report.html").read_text()
-    assert "cached vs uncached prompt tokens per step" in page
-    for name in ("cached", "uncached"):
-        assert f'class="curve cache full" data-arm="{name}"' in page
+    assert "cached vs uncached prompt tokens per step" in page and ">prompt cache: full</text>" in page
+    for name in ("cached", "uncached"):  # a bar per step in each stack, its tokens on hover
+        bars = re.findall(rf'<g id="cache-0-{name}-(\d+)"><title>step \d+: ([\d,]+) {name} prompt tokens</title>', page)
+        assert [int(i) for i, _ in bars] == list(range(len(run.steps))), name
+    assert [int(n.replace(",", "")) for n in re.findall(r'<title>step \d+: ([\d,]+) cached prompt tokens', page)] == \
+        [s.cached_tokens for s in run.steps]
     assert (run_dir / "report.png").stat().st_size > 1000
 
 
