@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import tarfile
 import zlib
 from pathlib import Path
+
+from comem_cli.rollouts import atomic_write_bytes
 
 SNAPSHOT = "snapshot.tar.gz"
 
 
 def save_snapshot(run_dir: Path, archive: bytes) -> Path:
     path = Path(run_dir) / SNAPSHOT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SNAPSHOT}.tmp")
-    tmp.write_bytes(gzip.compress(archive, compresslevel=6))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, gzip.compress(archive, compresslevel=6))
     return path
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from comem_cli.devices import cuda_available
 from comem_cli.errors import UserError
 from comem_cli.testing.scripted_server import ScriptedServer
 from comem_cli.train.common import last_complete_checkpoint
@@ -358,7 +359,7 @@ def test_teacher_summaries_through_an_endpoint():
 
 @pytest.mark.gpu
 def test_grpo_generates_with_vllm_on_a_gpu(tiny, tmp_path):
-    if not torch.cuda.is_available():
+    if not cuda_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("vllm")
     report = train_grpo(toy_samples(8, 14, "v"), toy_samples(4, 15, "w"), base_model=tiny,

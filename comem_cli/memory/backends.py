@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 
 from comem_cli.config import MemoryConfig, ModelConfig
+from comem_cli.devices import cuda_available
 from comem_cli.errors import UserError
 from comem_cli.memory.base import MemoryBackend
 
@@ -37,18 +38,10 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _cuda() -> bool:
-    if not _has("torch"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def resolve_model(config: MemoryConfig) -> str:
     if config.model:
         return config.model
-    if _cuda():
+    if cuda_available():
         return GPU_DEFAULT
     try:
         from comem_cli.memory.smollm2 import smollm2_dir
@@ -65,7 +58,7 @@ def choose_backend(config: MemoryConfig) -> str:
         return config.backend
     if config.api_base or (config.model or "").startswith(("openai/", "hosted_vllm/")):
         return "openai"
-    if _has("vllm") and _cuda():
+    if _has("vllm") and cuda_available():
         return "vllm"
     if config.model and _has("transformers"):
         return "transformers"

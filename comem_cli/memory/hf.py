@@ -25,6 +25,7 @@ __all__ = ["Cancelled", "TransformersBackend", "convert_gguf", "load_model_and_t
 _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
 
+from comem_cli.devices import cuda_available  # noqa: E402
 from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
 
 
@@ -173,7 +174,7 @@ class TransformersBackend:
         import torch
 
         self.model_name = str(model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or ("cuda" if cuda_available() else "cpu")
         self.temperature = float(temperature)
         self.seed = int(seed)
         self.dtype = _torch_dtype(torch, dtype, self.device)

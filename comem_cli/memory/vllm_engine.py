@@ -32,7 +32,7 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["Cancelled", "VLLMBackend", "cuda_available"]
+__all__ = ["Cancelled", "VLLMBackend"]
 
 # Default KV-cache size on CPU when neither `kv_cache_memory_bytes` nor VLLM_CPU_KVCACHE_SPACE is
 # given. On CPU vLLM otherwise reserves `gpu_memory_utilization` x total RAM (and runs a warm-up
@@ -40,19 +40,8 @@ __all__ = ["Cancelled", "VLLMBackend", "cuda_available"]
 _DEFAULT_CPU_KV_BYTES = 2 * 1024**3
 
 
+from comem_cli.devices import cuda_available  # noqa: E402
 from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
-
-
-def cuda_available() -> bool:
-    """True when torch sees a CUDA device (False when torch is missing or CPU-only)."""
-    try:
-        import torch
-    except Exception:  # pragma: no cover - torch missing
-        return False
-    try:
-        return bool(torch.cuda.is_available())
-    except Exception:  # pragma: no cover
-        return False
 
 
 class VLLMBackend:

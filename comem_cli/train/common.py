@@ -13,7 +13,6 @@ torch, transformers, datasets and peft are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,18 +20,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from comem_cli.devices import cuda_available
+from comem_cli.rollouts import atomic_write_json
+
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 
 
 # ---------------------------------------------------------------------------------------------
 # The machine and the model
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def vllm_available() -> bool:
@@ -110,22 +106,7 @@ def quiet_progress(quiet: bool = True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: checkpoints, atomic writes, final/
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
+# Files: checkpoints, final/ (files are written with rollouts.atomic_write_*)
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -215,7 +196,7 @@ def publish_final(trained: Any, tokenizer: Any, out: Path, *, merge_lora: bool, 
         result = report(after)
         if also_write is not None:
             also_write(result)
-        write_json_atomic(out / report_name, result)
+        atomic_write_json(out / report_name, result)
         replace_dir(tmp_final, out / FINAL)
     except BaseException:
         shutil.rmtree(tmp_final, ignore_errors=True)

@@ -32,22 +32,23 @@ intact.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from comem_cli.devices import cuda_available
+from comem_cli.rollouts import atomic_write_bytes, atomic_write_json
 from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
     chat_ids,
     cleanup_tmp,
-    cuda_available,
     eos_ids,
     load_for_training,
     lora_config,
@@ -56,7 +57,6 @@ from comem_cli.train.common import (
     quiet_progress,
     resume_checkpoint,
     vllm_available,
-    write_json_atomic,
 )
 from comem_cli.train.samples import Sample, memory_input, policy_view
 
@@ -220,14 +220,12 @@ def write_reward_curve(report: dict, path: Path) -> None:
     if losses:
         bottom.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _step_record(logs: dict, step: int) -> dict | None:
@@ -326,7 +324,7 @@ def train_grpo(
             "seed": seed, "prompts_per_step": prompts_per_step, "temperature": temperature, "use_vllm": bool(use_vllm),
             "train_samples": len(samples_train), "eval_samples": len(eval_set), "garbage_reward": garbage_reward,
         }
-        write_json_atomic(ckpt_dir / STATE, {"eval_reward_before": before, "config": config_record})
+        atomic_write_json(ckpt_dir / STATE, {"eval_reward_before": before, "config": config_record})
 
         scorer = _Scorer(policy, garbage_reward)
         dataset = _dataset(samples_train, prompt_fn)

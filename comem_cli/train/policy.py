@@ -25,6 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from comem_cli.devices import cuda_available
+from comem_cli.train.common import chat_ids
+
 __all__ = [
     "LitellmPolicy",
     "LocalPolicy",
@@ -150,7 +153,7 @@ class LocalPolicy(_Sequential):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.device = device or ("cuda" if cuda_available() else "cpu")
             dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(self.device).eval()
@@ -166,7 +169,7 @@ class LocalPolicy(_Sequential):
     def propose(self, messages: Messages) -> str:
         import torch
 
-        ids = _chat_ids(self.tokenizer, messages)
+        ids = chat_ids(self.tokenizer, messages)
         if self.max_input_tokens is not None and len(ids) > self.max_input_tokens:
             raise PolicyContextOverflow(f"policy model {self.name}: the view has {len(ids)} tokens, "
                                         f"more than {self.max_input_tokens}")
@@ -176,14 +179,6 @@ class LocalPolicy(_Sequential):
                                       max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
         return self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
-
-
-def _chat_ids(tokenizer: Any, messages: Messages) -> list[int]:
-    """Token ids of a chat prompt (transformers 5 returns a BatchEncoding from apply_chat_template)."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
 
 
 def make_policy(spec: str, api_base: str | None = None, **kwargs: Any) -> Policy:

@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from comem_cli.devices import cuda_available
 from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
     chat_ids,
     cleanup_tmp,
-    cuda_available,
     load_for_training,
     lora_config,
     prepare_output,
