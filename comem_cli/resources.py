@@ -27,3 +27,9 @@ def bundled_trajectories() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"comem's bundled trajectories are missing from the installation ({path})")
     return path
+
+
+def default_trajectories() -> list[Path]:
+    """The trajectories `comem bench latency` and `comem bench memory` replay without --trajectories
+    (the one place that says so): the bundled sample of real mini-swe-agent runs."""
+    return [bundled_trajectories()]

@@ -61,6 +61,6 @@ out = Path(sys.argv[1])
 rows = [r for f in sorted(out.glob("rows-*.json")) if not f.name.endswith(".serving.json") for r in json.loads(f.read_text())]
 (out / "latency.json").write_text(json.dumps({"gpu": (out / "gpu.txt").read_text().strip(), "rows": rows}, indent=1))
 PYEOF
-"$PY" -m comem_cli.serving.report "$OUT/latency.json" --output "$OUT" \
+"$PY" -m comem_cli.latency.report "$OUT/latency.json" --output "$OUT" \
     --title "comem bench latency on vLLM: $MAIN_ARCH main + $MEMORY_ARCH memory, $(head -n1 "$OUT/gpu.txt")"
 echo "gpu-latency: done: $OUT/latency.json $OUT/report.html $OUT/latency.png"

@@ -1,7 +1,7 @@
 """`comem bench latency`: the cost model, the virtual-time replay, its schedule against the real
 MemoryContext, the paper calibration, the benchmark targets, a real `--serving local` run, bad input.
 
-Runs on the trajectories `comem bench latency` replays by default (default_trajectories); tokens
+Runs on the trajectories `comem bench latency` replays by default (resources.default_trajectories); tokens
 are counted once per test module (fixture).
 """
 
@@ -12,11 +12,14 @@ import time
 
 import pytest
 
-from comem_cli.bench import costmodel
-from comem_cli.bench.costmodel import Clock, CostParams, Engine, EngineParams, Request
-from comem_cli.bench.latency import (PAPER_GLM47, TokenCounter, Variant, Workload, add_ratios, default_trajectories,
-                                     load_replays, paper_check, simulate, variants)
 from comem_cli.config import ARMS, MemoryConfig
+from comem_cli.latency import costmodel
+from comem_cli.latency.costmodel import Clock, CostParams, Engine, EngineParams, Request
+from comem_cli.latency.measure import variants
+from comem_cli.latency.paper import PAPER_GLM47, paper_check
+from comem_cli.latency.results import Variant, add_ratios
+from comem_cli.latency.simulation import simulate
+from comem_cli.latency.workload import TokenCounter, Workload, load_replays
 from comem_cli.memory.pipeline import MemoryContext, MemoryPool
 from comem_cli.rollouts import Span, StepRecord, ViewInfo
 from comem_cli.views import build_view

@@ -1,5 +1,7 @@
-"""The package's layers point one way: no import cycles between comem_cli's modules, no product
-module importing comem_cli/testing/, and nothing in the repository reaching for files outside it.
+"""The package's layers point one way: no import cycles between comem_cli's modules nor between its
+folders (a module of one sub-package importing another whose modules import back, even through
+different modules, is a cycle of the folders), no product module importing comem_cli/testing/, and
+nothing in the repository reaching for files outside it.
 
 Imports are read from the source (every `import` statement, also those inside functions: a lazy
 import is still a dependency), so the check is exact and needs nothing installed.
@@ -54,6 +56,24 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported(name, path, modules) for name, path in modules.items()}
 
 
+def package_of(module: str) -> str:
+    """The folder a module lives in, one level under comem_cli (comem_cli.latency.engines ->
+    comem_cli.latency); a module at the top of the package is its own node (comem_cli.config)."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph with every module replaced by its folder (imports inside a folder dropped)."""
+    out: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        mine = package_of(name)
+        out.setdefault(mine, set()).update(package_of(d) for d in deps if package_of(d) != mine)
+    for deps in list(out.values()):
+        for d in deps:
+            out.setdefault(d, set())
+    return out
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan, iterative)."""
     index: dict[str, int] = {}
@@ -103,10 +123,23 @@ def test_the_checker_sees_lazy_imports_and_cycles():
     assert "comem_cli.memory.base" in graph["comem_cli.memory.backends"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    # two folders importing each other through different modules: no module cycle, a folder cycle
+    crossed = {"comem_cli.a.x": {"comem_cli.b.y"}, "comem_cli.b.y": set(), "comem_cli.b.z": {"comem_cli.a.w"},
+               "comem_cli.a.w": set(), "comem_cli.config": set(), "comem_cli.a": {"comem_cli.config"}}
+    assert cycles(crossed) == []
+    assert cycles(package_graph(crossed)) == [["comem_cli.a", "comem_cli.b"]]
+    assert package_graph(crossed)["comem_cli.a"] == {"comem_cli.b", "comem_cli.config"}
 
 
 def test_no_import_cycles_in_the_package():
     assert cycles(import_graph()) == []
+
+
+def test_no_import_cycles_between_the_folders():
+    """Each program has one home and the folders stack: bench/ (the SWE-bench runner and the
+    commands) above latency/ (the latency benchmark) above memory/; train/ above memory/; a folder
+    never imports one above it, not even lazily (top-level modules count as folders of their own)."""
+    assert cycles(package_graph(import_graph())) == []
 
 
 def test_product_code_never_imports_the_testing_helpers():
@@ -114,6 +147,15 @@ def test_product_code_never_imports_the_testing_helpers():
     offenders = {name: sorted(d for d in deps if d == TESTING or d.startswith(TESTING + "."))
                  for name, deps in graph.items() if not (name == TESTING or name.startswith(TESTING + "."))}
     assert {name: deps for name, deps in offenders.items() if deps} == {}
+
+
+def test_one_vllm_launcher():
+    """comem's engines and the tests' vLLM servers start through one launcher (latency/engines.py):
+    no other module spells vLLM's server command."""
+    spelled = sorted(str(path.relative_to(REPO_ROOT)) for path in PACKAGE.rglob("*.py")
+                     if "vllm.entrypoints.openai.api_server" in path.read_text(encoding="utf-8"))
+    assert spelled == ["comem_cli/latency/engines.py"]
+    assert "comem_cli.latency.engines" in import_graph()["comem_cli.testing.vllm_check"]
 
 
 def test_the_memory_factory_is_only_the_factory():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from comem_cli.serving.calibrate import FIT_TOLERANCE
+from comem_cli.latency.engine_fit import FIT_TOLERANCE
 from tests.conftest import REPO_ROOT, TRAJECTORIES, run_cli
 
 # Stated tolerance of the CPU test: the mean |relative error| of the fit on its own grid. This CPU
@@ -215,8 +215,8 @@ def test_bad_cost_params_file_is_one_line_exit_2(tmp_path):
 # ----------------------------------------------------------------------------- the fit and the params file (no vLLM)
 def test_fit_recovers_a_known_engine():
     """Grid latencies made by a known engine: the fit reproduces them within 5% at every point."""
-    from comem_cli.bench.costmodel import EngineParams
-    from comem_cli.serving.calibrate import errors, fit, grid, predict_point
+    from comem_cli.latency.costmodel import EngineParams
+    from comem_cli.latency.engine_fit import errors, fit, grid, predict_point
 
     true = EngineParams(decode_base_s=0.012, decode_per_seq_s=0.001, decode_per_kv_token_s=2e-7, prefill_per_token_s=8e-5,
                         prefill_attn_per_ctx_token=1e-5, cached_token_cost=0.01, chunk_tokens=4096,
@@ -234,7 +234,7 @@ def test_fit_recovers_a_known_engine():
 
 
 def test_cost_params_file_drives_the_model(tmp_path):
-    from comem_cli.bench.costmodel import CostParams, EngineParams, save_cost_params
+    from comem_cli.latency.costmodel import CostParams, EngineParams, save_cost_params
 
     folder = _two_trajectories(tmp_path)
     params = tmp_path / "params.json"

@@ -2,7 +2,7 @@
 
 Two programs, each with only its own options, grouped in help panels:
   comem bench swe-mini | swebench-verified | swebench-lite   run agents on instances (bench/run_command.py)
-  comem bench latency                                         replay trajectories and time the arms (bench/latency/)
+  comem bench latency                                         replay trajectories and time the arms (comem_cli/latency/)
   comem bench memory                                          score what a memory model's summaries keep (bench/quality.py)
 Each command turns its flags into one typed settings object and hands it down. Heavy imports
 (pydantic settings included) happen inside the commands, so `comem --help` stays fast.
@@ -120,7 +120,8 @@ def latency(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
     """Replay recorded trajectories and time every context arm side by side (no Docker, no agent)."""
-    from comem_cli.bench.latency.command import LatencySettings, latency_command
+    from comem_cli.latency.command import run
+    from comem_cli.latency.measure import LatencySettings
     from comem_cli.errors import UserError
 
     if memory_engine not in ("separate", "main"):
@@ -132,7 +133,7 @@ def latency(
         summary_tokens=summary_tokens, sections=summary_sections, cost_param=cost_param or [], calibrate=calibrate, model=model, api_base=api_base,
         memory_model=memory_model, memory_api_base=memory_api_base, json_out=json_out,
         main_arch=main_arch, memory_arch=memory_arch, calibrate_engine=calibrate_engine, cost_params=cost_params)
-    raise typer.Exit(latency_command(settings))
+    raise typer.Exit(run(settings))
 
 
 @bench_app.command("memory")

@@ -246,7 +246,7 @@ def show(rows: list[dict[str, Any]]) -> None:
 def quality_command(settings: QualitySettings) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from comem_cli.bench.latency.workload import default_trajectories
+    from comem_cli.resources import default_trajectories
     from comem_cli.trajectories import discover
     from comem_cli.ui import console, err_console, plain
 

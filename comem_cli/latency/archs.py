@@ -15,7 +15,7 @@ Latency does not depend on what the weights say, only on their shapes. `--main-a
 
 Run inside an environment with torch + transformers (what `engines` does)::
 
-    python -m comem_cli.serving.archs build ARCH DIR --tokenizer-dir TOKDIR
+    python -m comem_cli.latency.archs build ARCH DIR --tokenizer-dir TOKDIR
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def ensure_built(arch: str, python: str, env: dict[str, str], *, timeout: float 
     from comem_cli.ui import console
 
     console.print(f"[dim]building a random {arch} checkpoint in {out} (once)...[/dim]")
-    cmd = [python, "-m", "comem_cli.serving.archs", "build", arch, str(out), "--tokenizer-dir", str(tokenizer_dir())]
+    cmd = [python, "-m", "comem_cli.latency.archs", "build", arch, str(out), "--tokenizer-dir", str(tokenizer_dir())]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -148,7 +148,7 @@ def build(arch: str, out: Path, tokenizer_files: Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m comem_cli.serving.archs")
+    ap = argparse.ArgumentParser(prog="python -m comem_cli.latency.archs")
     ap.add_argument("command", choices=["build"])
     ap.add_argument("arch", choices=sorted(ARCHS))
     ap.add_argument("out", type=Path)

@@ -5,7 +5,7 @@
 the memory model), timing real forward passes over the real prompts (tokenized by the tiny model's
 own tokenizer, the last `LOCAL_MAX_PROMPT` tokens kept) with the recorded reply length forced
 (capped at `LOCAL_MAX_REPLY`); each model serves one request at a time and has no prefix cache.
-`endpoint`: see bench/latency/endpoint.py.
+`endpoint`: see latency/endpoint.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from comem_cli.bench.latency.results import RunStat, StepStat, Variant, summarize_runs
-from comem_cli.bench.latency.workload import Replay, Workload, summary_text
 from comem_cli.config import MemoryConfig
+from comem_cli.latency.results import RunStat, StepStat, Variant, summarize_runs
+from comem_cli.latency.workload import Replay, Workload, summary_text
 from comem_cli.memory.pipeline import MemoryPool, context_for
 
 LOCAL_MAX_PROMPT = 1024  # tiny-model tokens kept (the end of the prompt) in --serving local

@@ -2,7 +2,7 @@
 
 Sent the real prompts with `max_tokens` = the recorded reply length (and vLLM's `min_tokens` /
 `ignore_eos` to force it), through comem's one LLM call helper (comem_cli/llm.py). Real threads, the real `MemoryContext`, wall-clock
-time (bench/latency/realtime.py drives it); pre-warm requests go through the pipeline's own hook
+time (latency/realtime.py drives it); pre-warm requests go through the pipeline's own hook
 with `comem_cli.models.LitellmModel.prewarm`. Another serving backend plugs in the same way: an
 object with `generate(messages, n_tokens)` for the main and the memory server.
 """

@@ -1,6 +1,6 @@
 """`--serving model`: the replay in VIRTUAL time (a discrete-event simulation; nothing sleeps).
 
-Two engines of `comem_cli.bench.costmodel`, the main model's and the memory model's (or the main
+Two engines of `comem_cli.latency.costmodel`, the main model's and the memory model's (or the main
 engine for both, `--memory-engine main`), each batching the requests of all concurrent runs with
 prefix caching and KV-cache capacity. The summarizing arms run the very `Schedule` class that
 `MemoryContext` runs in real runs (comem_cli/memory/schedule.py); this module is only its driver:
@@ -16,10 +16,10 @@ import itertools
 from collections import deque
 from typing import Any, Callable
 
-from comem_cli.bench.costmodel import Clock, CostParams, Engine, Request
-from comem_cli.bench.latency.results import RunStat, StepStat, Variant, summarize_runs
-from comem_cli.bench.latency.workload import Replay, Workload
 from comem_cli.config import MemoryConfig
+from comem_cli.latency.costmodel import Clock, CostParams, Engine, Request
+from comem_cli.latency.results import RunStat, StepStat, Variant, summarize_runs
+from comem_cli.latency.workload import Replay, Workload
 from comem_cli.memory.pipeline import context_for, overlap
 from comem_cli.memory.schedule import Cancel, Schedule, Submit, Use, policy_for
 from comem_cli.memory.transcript import section_groups

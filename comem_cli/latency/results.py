@@ -1,4 +1,5 @@
-"""What a latency replay measures, per (arm, k, concurrency, pre-warm): the rows, their ratios and the table.
+"""What a latency replay measures, per (arm, k, concurrency, pre-warm): the rows, their ratios, and the
+measured rows set beside a prediction (their tables and files: report.py).
 
 Metrics: end-to-end seconds (when the last run ends); median / p95 per-step main-model latency
 (queueing + prefill + decode); mean step time (main call + waits); median prompt tokens per step
@@ -128,56 +129,24 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             row["of_limit"] = round(twin["end_to_end_s"] / row["end_to_end_s"], 3)
 
 
-def print_report(rows: list[dict[str, Any]], header: str) -> None:
-    from rich.table import Table
-
-    from comem_cli.ui import console
-
-    def f(x, fmt="{:.2f}"):
-        return "-" if x is None else fmt.format(x)
-
-    table = Table(title=header, title_justify="left")
-    for col in ("arm", "k", "every", "conc", "prewarm", "end-to-end s", "vs full", "vs sync", "of limit", "step p50 s",
-                "step p95 s", "prompt tok p50", "cached", "hidden", "job / agent step s", "waits", "wait s", "masks"):
-        table.add_column(col, justify="left" if col in ("arm", "prewarm") else "right")
-    for r in rows:
-        table.add_row(r["arm"] if r["arm"] != "limit" else f"limit ({r['policy']})", f(r["k"], "{}"), f(r["every"], "{}"),
-                      str(r["concurrency"]), "-" if r["prewarm"] is None else ("yes" if r["prewarm"] else "no"),
-                      f(r["end_to_end_s"], "{:.1f}"), f(r["speedup_vs_full"], "{:.2f}x"), f(r["speedup_vs_sync"], "{:.2f}x"),
-                      f(r["of_limit"], "{:.0%}"), f(r["p50_main_s"], "{:.3f}"), f(r["p95_main_s"], "{:.3f}"),
-                      f(r["p50_prompt_tokens"], "{:.0f}"), f(r["cached_fraction"], "{:.0%}"), f(r["hidden_fraction"], "{:.1%}"),
-                      f"{f(r.get('memory_job_s'))} / {f(r.get('agent_step_s'))}", str(r["waits"]), f(r["wait_s"], "{:.1f}"),
-                      str(r.get("masks", 0)))
-    console.print(table, width=None if console.is_terminal else 220)
+# -- measured vs predicted (`--serving vllm` with a fitted cost model) -----------------------------
+SPEEDUP_TOLERANCE = 0.15  # the issue's target: predicted speed-up vs full within 15% of the measured one
 
 
-def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[int], dict[str, dict[int, str]]]:
-    """Per arm and concurrency: end-to-end speed-up vs full and the fraction of the arm's limit reached."""
-    concurrencies = sorted({r["concurrency"] for r in rows})
-    out: dict[str, dict[int, str]] = {}
-    for r in rows:
-        if r["memory_free"] and r["policy"] != "comem":
+def _key(row: dict[str, Any]) -> tuple:
+    return (row["arm"], row["k"], row["every"], row["concurrency"], row["prewarm"])
+
+
+def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Adds predicted_* and error fields to the measured rows (in place) and returns them."""
+    by_key = {_key(r): r for r in predicted}
+    for row in measured:
+        p = by_key.get(_key(row))
+        if p is None:
             continue
-        name = "limit" if r["memory_free"] else r["arm"] + (f" k={r['k']}" if r["arm"] == "comem" else "")
-        name += "" if r["prewarm"] is not True else " (pre-warm)"
-        cell = "-" if r["speedup_vs_full"] is None else f"{r['speedup_vs_full']:.2f}x"
-        if r["of_limit"] is not None and not r["memory_free"]:
-            cell += f" ({r['of_limit']:.0%})"
-        out.setdefault(name, {})[r["concurrency"]] = cell
-    return concurrencies, out
-
-
-def print_summary(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from comem_cli.ui import console
-
-    concurrencies, cells = summary_rows(rows)
-    table = Table(title="end-to-end speed-up vs full (fraction of the arm's limit: the same replay with a free memory model)",
-                  title_justify="left")
-    table.add_column("arm")
-    for c in concurrencies:
-        table.add_column(f"{c} run{'s' if c > 1 else ''}", justify="right")
-    for name, by_c in cells.items():
-        table.add_row(name, *[by_c.get(c, "-") for c in concurrencies])
-    console.print(table)
+        row["predicted_end_to_end_s"] = p["end_to_end_s"]
+        row["end_to_end_error"] = round(p["end_to_end_s"] / row["end_to_end_s"] - 1, 4) if row["end_to_end_s"] else None
+        row["predicted_speedup_vs_full"] = p["speedup_vs_full"]
+        if p["speedup_vs_full"] and row["speedup_vs_full"]:
+            row["speedup_error"] = round(p["speedup_vs_full"] / row["speedup_vs_full"] - 1, 4)
+    return measured

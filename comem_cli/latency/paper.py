@@ -3,8 +3,8 @@
 `comem bench latency --calibrate` replays the trajectories with the paper's pipeline (arm `paper`:
 a summary every 4 steps, one step of budget, then block) at 32 / 64 / 128 / 256 concurrent runs,
 prints the per-step latencies and full/CoMem ratios next to the paper's figures (`PAPER_GLM47`)
-and fails if any ratio is off by more than 25%. `python -m comem_cli.bench.latency fit` reruns
-the fit (prints new `FITTED` constants for costmodel.py); `... check` is the check alone.
+and fails if any ratio is off by more than 25%. `python -m comem_cli.latency fit` reruns the fit
+(prints new `FITTED` constants for costmodel.py); `... check` is the check alone.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from comem_cli.bench.costmodel import CostParams
-from comem_cli.bench.latency.results import Variant
-from comem_cli.bench.latency.simulation import simulate
-from comem_cli.bench.latency.workload import Replay, Workload
 from comem_cli.config import PAPER_EVERY, PAPER_K, MemoryConfig
+from comem_cli.latency.costmodel import CostParams
+from comem_cli.latency.results import Variant
+from comem_cli.latency.simulation import simulate
+from comem_cli.latency.workload import Replay, Workload
 
 # The paper's GLM-4.7 per-step latencies in ms, read off its figure: {concurrent runs: (CoMem, full)}.
 PAPER_GLM47 = {32: (1400.0, 1220.0), 64: (1950.0, 2050.0), 128: (2820.0, 5870.0), 256: (3840.0, 9680.0)}
@@ -60,71 +60,29 @@ def fit_engines(replays: list[Replay], workload: Workload, config: MemoryConfig,
 
     Loss: the squared log error of the eight per-step latencies (full context and the paper's CoMem
     pipeline at each batch) plus ten times that of the four full/CoMem ratios (what --calibrate
-    checks). Pattern search in log space: every parameter in turn is tried multiplied and divided
-    by a factor; the first improvement is kept; the factor starts at 2 and is square-rooted
-    whenever a whole sweep finds no improvement; at most `max_evals` evaluations.
+    checks), minimised by `search.pattern_search` (factor down to 1.05, at most `max_evals`
+    evaluations).
     """
-    from comem_cli.bench.costmodel import PUBLISHED
-
-    current = dict(start or PUBLISHED)
-    evals = [0]
+    from comem_cli.latency.costmodel import PUBLISHED
+    from comem_cli.latency.search import pattern_search
 
     def loss(values: dict[str, float]) -> float:
-        evals[0] += 1
         rows = paper_check(replays, _with(values), workload, config)
         return sum(math.log(r["full_ms"] / r["paper_full_ms"]) ** 2 + math.log(r["comem_ms"] / r["paper_comem_ms"]) ** 2
                    + 10 * math.log(r["ratio"] / r["paper_ratio"]) ** 2 for r in rows)
 
-    best = loss(current)
-    log(f"start: loss {best:.4f}")
-    factor = 2.0
-    while evals[0] < max_evals and factor > 1.05:
-        improved = False
-        for name in list(current):
-            for f in (factor, 1 / factor):
-                if evals[0] >= max_evals:
-                    break
-                trial = dict(current)
-                trial[name] = current[name] * f
-                value = loss(trial)
-                if value < best:
-                    best, current, improved = value, trial, True
-                    log(f"eval {evals[0]}: {name} x{f:.3f} -> loss {best:.4f}")
-                    break
-        if not improved:
-            factor = math.sqrt(factor)
-    log(f"end: loss {best:.4f} after {evals[0]} evaluations")
-    return current
-
-
-def print_calibration(rows: list[dict[str, Any]]) -> bool:
-    from rich.table import Table
-
-    from comem_cli.ui import console
-
-    table = Table(title="calibration: the paper's GLM-4.7 per-step latency (CoMem pipeline: summary every 4 steps, "
-                        "one step of budget, blocking) vs the fitted cost model", title_justify="left")
-    for col in ("concurrency", "full ms (model / paper)", "CoMem ms (model / paper)", "full/CoMem model", "paper", "off"):
-        table.add_column(col, justify="right")
-    ok = True
-    for r in rows:
-        bad = abs(r["off"]) > CALIBRATION_TOLERANCE
-        ok &= not bad
-        table.add_row(str(r["concurrency"]), f"{r['full_ms']} / {r['paper_full_ms']:.0f}", f"{r['comem_ms']} / {r['paper_comem_ms']:.0f}",
-                      f"{r['ratio']:.2f}x", f"{r['paper_ratio']:.2f}x", f"[{'red' if bad else 'green'}]{r['off']:+.0%}[/]")
-    console.print(table, width=None if console.is_terminal else 180)
-    console.print(("[green]calibration OK[/green]" if ok else "[red]calibration FAILED[/red]")
-                  + f": every ratio within {CALIBRATION_TOLERANCE:.0%} of the paper's" + ("" if ok else " is required"))
-    return ok
+    return pattern_search(dict(start or PUBLISHED), loss, max_evals=max_evals, min_factor=1.05, log=log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m comem_cli.bench.latency fit|check [PATH]`: rerun the calibration fit, or the check alone."""
+    """`python -m comem_cli.latency fit|check [PATH]`: rerun the calibration fit, or the check alone."""
     import argparse
 
-    from comem_cli.bench.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, default_trajectories, load_replays
+    from comem_cli.latency.report import print_paper_check
+    from comem_cli.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, load_replays
+    from comem_cli.resources import default_trajectories
 
-    ap = argparse.ArgumentParser(prog="python -m comem_cli.bench.latency")
+    ap = argparse.ArgumentParser(prog="python -m comem_cli.latency")
     ap.add_argument("command", choices=["fit", "check"])
     ap.add_argument("paths", nargs="*", default=[str(p) for p in default_trajectories()])
     ap.add_argument("--max-evals", type=int, default=60)
@@ -136,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     replays = load_replays(args.paths, max_steps=100, command_s=DEFAULT_COMMAND_S, counter=counter)
     workload = Workload(counter, config, DEFAULT_SUMMARY_TOKENS)
     if args.command == "check":
-        return 0 if print_calibration(paper_check(replays, CostParams(), workload, config)) else 1
-    from comem_cli.bench.costmodel import FITTED, PUBLISHED, SEED
+        return 0 if print_paper_check(paper_check(replays, CostParams(), workload, config), CALIBRATION_TOLERANCE) else 1
+    from comem_cli.latency.costmodel import FITTED, PUBLISHED, SEED
 
     fitted = fit_engines(replays, workload, config, max_evals=args.max_evals,
                          start=dict({"published": PUBLISHED, "seed": SEED, "fitted": FITTED}[args.start]))

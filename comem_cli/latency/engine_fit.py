@@ -9,11 +9,12 @@ wall-clock times (client side: HTTP included), the fastest of `REPEATS` tries ma
 separate rounds over the grid (interference from other processes only adds time).
 
 The fit: the same event-driven engine the replay uses (`costmodel.Engine`) replays each grid
-point (`predict_point`); the seven time parameters (the per-request overhead included) of `FIT_NAMES` are fitted by the pattern search
-of `comem_cli.bench.latency.fit_engines` (log space, factor 2 square-rooted when a sweep finds
-nothing) to minimise the squared log error over the grid; KV capacity, max_seqs and chunk size
-are the engine's own (`/metrics` cache_config_info and the flags). `FIT_TOLERANCE` is the check
-that the fit reproduces its own measurements: the mean absolute relative error over the grid.
+point (`predict_point`); the seven time parameters (the per-request overhead included) of
+`FIT_NAMES` are fitted by `search.pattern_search` (the fitter of the paper calibration too) to
+minimise the squared log error over the grid; KV capacity, max_seqs and chunk size are the
+engine's own (`/metrics` cache_config_info and the flags). `FIT_TOLERANCE` is the check that the
+fit reproduces its own measurements: the mean absolute relative error over the grid. The tables
+are report.py's.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from comem_cli.bench.costmodel import Clock, CostParams, Engine, EngineParams, Request
 from comem_cli.errors import UserError
+from comem_cli.latency.costmodel import Clock, CostParams, Engine, EngineParams, Request
+from comem_cli.latency.search import pattern_search
 from comem_cli.parallel import in_parallel
 
 FIT_NAMES = ("decode_base_s", "decode_per_seq_s", "decode_per_kv_token_s", "prefill_per_token_s",
              "prefill_attn_per_ctx_token", "cached_token_cost", "request_overhead_s")
 FIT_TOLERANCE = 0.35  # mean |predicted / measured - 1| over the grid (CPU runs on a shared machine are noisy)
-SPEEDUP_TOLERANCE = 0.15  # the issue's target: predicted speed-up vs full within 15% of the measured one
 REPEATS = 3
 TOKEN_LOW, TOKEN_HIGH = 1000, 150000  # plain-text ids of the Qwen2.5 vocabulary
 
@@ -99,8 +100,8 @@ def measure_point(api_base: str, model: str, point: Point, rng: random.Random) -
     return sum(times) / len(times)
 
 
-def measure(api_base: str, model: str, points: list[Point], *, seed: int = 0,
-            log: Callable[[str], None] = lambda s: None) -> list[float]:
+def measure_grid(api_base: str, model: str, points: list[Point], *, seed: int = 0,
+                 log: Callable[[str], None] = lambda s: None) -> list[float]:
     rng = random.Random(seed)
     _complete(api_base, model, [rng.randrange(TOKEN_LOW, TOKEN_HIGH) for _ in range(64)], 4)  # warm-up, off the clock
     # REPEATS rounds over the whole grid (a burst of interference spreads over points instead of
@@ -166,30 +167,14 @@ def initial_guess(base: EngineParams, points: list[Point], measured: list[float]
 
 
 def fit(base: EngineParams, points: list[Point], measured: list[float], *, max_evals: int = 1000) -> EngineParams:
-    """Pattern search in log space over FIT_NAMES (the algorithm of latency.fit_engines), minimising
-    the squared log error of the predicted grid latencies."""
-    current = initial_guess(base, points, measured).model_dump()
-
+    """EngineParams whose predicted grid latencies are closest to `measured` (squared log error), from
+    `initial_guess`, by the pattern search over FIT_NAMES (factor down to 1.02)."""
     def loss(values: dict[str, Any]) -> float:
         p = EngineParams.model_validate(values)
         return sum(math.log(predict_point(p, pt) / m) ** 2 for pt, m in zip(points, measured))
 
-    evals, best, factor = 1, loss(current), 2.0
-    while evals < max_evals and factor > 1.02:
-        improved = False
-        for name in FIT_NAMES:
-            for f in (factor, 1 / factor):
-                if evals >= max_evals:
-                    break
-                trial = dict(current, **{name: current[name] * f})
-                evals += 1
-                value = loss(trial)
-                if value < best:
-                    best, current, improved = value, trial, True
-                    break
-        if not improved:
-            factor = math.sqrt(factor)
-    return EngineParams.model_validate(current)
+    start = initial_guess(base, points, measured).model_dump()
+    return EngineParams.model_validate(pattern_search(start, loss, names=FIT_NAMES, max_evals=max_evals, min_factor=1.02))
 
 
 # ---------------------------------------------------------------------------- both engines
@@ -204,7 +189,7 @@ def calibrate(engines, log: Callable[[str], None]) -> tuple[CostParams, dict[str
             k: info[k] for k in ("kv_capacity_tokens", "max_seqs", "chunk_tokens") if k in info})
         points = grid(engines.device, info.get("max_model_len", 32768))
         log(f"calibrating the {server.role} engine: {len(points)} grid points x {REPEATS}")
-        measured = measure(server.api_base, server.served_name, points, seed=len(fitted), log=log)
+        measured = measure_grid(server.api_base, server.served_name, points, seed=len(fitted), log=log)
         params = fit(base, points, measured)
         errs = errors(params, points, measured)
         before = errors(base, points, measured)  # the unfitted (paper-fitted) engine on the same grid
@@ -218,72 +203,3 @@ def calibrate(engines, log: Callable[[str], None]) -> tuple[CostParams, dict[str
         }
     report["ok"] = all(e["mean_abs_error"] <= FIT_TOLERANCE for e in report["engines"].values())
     return CostParams(main=fitted["main"], memory=fitted["memory"]), report
-
-
-def print_fit(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from comem_cli.ui import console
-
-    table = Table(title="engine calibration: grid latency, measured vs fitted cost model", title_justify="left")
-    for col in ("engine", "prompt", "cached", "output", "batch", "measured s", "model s", "error"):
-        table.add_column(col, justify="left" if col == "engine" else "right")
-    for role, e in report["engines"].items():
-        for p in e["points"]:
-            bad = abs(p["error"]) > FIT_TOLERANCE
-            table.add_row(role, str(p["prompt"]), str(p["cached"]), str(p["output"]), str(p["batch"]),
-                          f"{p['measured_s']:.3f}", f"{p['predicted_s']:.3f}", f"[{'red' if bad else 'green'}]{p['error']:+.0%}[/]")
-    console.print(table, width=None if console.is_terminal else 160)
-    for role, e in report["engines"].items():
-        console.print(f"{role}: mean |error| {e['mean_abs_error']:.1%}, max {e['max_abs_error']:.1%}, "
-                      f"{e['unfitted_mean_abs_error']:.0%} before the fit "
-                      f"(fit tolerance: mean within {FIT_TOLERANCE:.0%})", soft_wrap=True)
-    console.print("[green]fit OK[/green]" if report["ok"] else "[red]fit FAILED[/red]")
-
-
-# ---------------------------------------------------------------------------- the replay, side by side
-def _key(row: dict[str, Any]) -> tuple:
-    return (row["arm"], row["k"], row["every"], row["concurrency"], row["prewarm"])
-
-
-def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Adds predicted_* and error fields to the measured rows (in place) and returns them."""
-    by_key = {_key(r): r for r in predicted}
-    for row in measured:
-        p = by_key.get(_key(row))
-        if p is None:
-            continue
-        row["predicted_end_to_end_s"] = p["end_to_end_s"]
-        row["end_to_end_error"] = round(p["end_to_end_s"] / row["end_to_end_s"] - 1, 4) if row["end_to_end_s"] else None
-        row["predicted_speedup_vs_full"] = p["speedup_vs_full"]
-        if p["speedup_vs_full"] and row["speedup_vs_full"]:
-            row["speedup_error"] = round(p["speedup_vs_full"] / row["speedup_vs_full"] - 1, 4)
-    return measured
-
-
-def print_comparison(rows: list[dict[str, Any]], title: str) -> bool:
-    from rich.table import Table
-
-    from comem_cli.ui import console
-
-    def f(x, fmt):
-        return "-" if x is None else fmt.format(x)
-
-    table = Table(title=title, title_justify="left")
-    for col in ("arm", "k", "conc", "prewarm", "measured s", "predicted s", "error", "measured vs full", "predicted vs full", "error"):
-        table.add_column(col, justify="left" if col in ("arm", "prewarm") else "right")
-    ok = True
-    for r in rows:
-        err = r.get("speedup_error")
-        bad = err is not None and abs(err) > SPEEDUP_TOLERANCE
-        ok &= not bad
-        table.add_row(r["arm"], f(r["k"], "{}"), str(r["concurrency"]),
-                      "-" if r["prewarm"] is None else ("yes" if r["prewarm"] else "no"),
-                      f(r["end_to_end_s"], "{:.2f}"), f(r.get("predicted_end_to_end_s"), "{:.2f}"),
-                      f(r.get("end_to_end_error"), "{:+.0%}"), f(r["speedup_vs_full"], "{:.2f}x"),
-                      f(r.get("predicted_speedup_vs_full"), "{:.2f}x"),
-                      "-" if err is None else f"[{'red' if bad else 'green'}]{err:+.0%}[/]")
-    console.print(table, width=None if console.is_terminal else 160)
-    console.print(("[green]" if ok else "[yellow]") + f"predicted speed-ups vs full within {SPEEDUP_TOLERANCE:.0%} of "
-                  f"the measured ones: {'yes' if ok else 'no'}[/]")
-    return ok
