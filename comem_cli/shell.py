@@ -1,7 +1,7 @@
 """A bash command line read as what it does: programs, paths, words, flags, code, files written.
 
 One reader for every part of comem that needs to know what an agent's command did: the training
-reward compares two commands with it (train/reward.py) and the memory-quality scores take the
+reward compares two commands with it (reward.py) and the memory-quality scores take the
 facts a command uses or the files it writes from it (memory/quality.py).
 
 How a command line is read: heredoc bodies are lifted out first (they are code), then the line

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comem_cli.train.reward import action_reward, parse_command_line, reward_breakdown
+from comem_cli.reward import action_reward, parse_command_line, reward_breakdown
 from comem_cli.trajectories import discover
 from tests.conftest import MINI
 

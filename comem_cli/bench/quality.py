@@ -7,7 +7,7 @@ same parallel section requests, the same input fitted to the model's window), an
 scored by `comem_cli.memory.quality` (forward and artifact recall, sections, compression, and the
 swap-time check). With a judge model, `action_consistency`: the judge acts at the step after the
 cut-off once on the full view and once on the summary view, and the training reward
-(`train.reward.action_reward`) compares the two actions.
+(`comem_cli.reward.action_reward`) compares the two actions.
 
 A summary that failed or came back empty counts 0 in the recall and section means: it kept nothing.
 Several memory models, section counts and caps are compared side by side in one run.
@@ -98,7 +98,7 @@ class Judge:
         from comem_cli.agent import parse_action
         from comem_cli.errors import FormatError
         from comem_cli.llm import CallFailed
-        from comem_cli.train.reward import action_reward
+        from comem_cli.reward import action_reward
         from comem_cli.views import build_view
 
         covered = trajectory.steps[:cutoff]

@@ -1,4 +1,5 @@
-"""The GRPO reward (docs/design.md, section 6): how functionally equivalent a proposed bash action is to the recorded one.
+"""How alike two bash actions are: the GRPO reward of train-memory and the action consistency of `comem bench memory`
+(docs/design.md, section 6): how functionally equivalent a proposed bash action is to the recorded one.
 
 `action_reward(proposed, recorded)` is in [0, 1]. `proposed` is either a whole model reply, whose
 single ```bash block is taken with `comem_cli.agent.parse_action` (exactly the agent's rule, so a
