@@ -19,14 +19,6 @@ DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 Arm = Literal["full", "mask", "sync", "paper", "threshold", "comem"]
 ARMS: tuple[str, ...] = ("full", "mask", "sync", "paper", "threshold", "comem")
 SUMMARIZING_ARMS: tuple[str, ...] = ("sync", "paper", "threshold", "comem")  # the arms that need a memory model
-ARM_HELP = {
-    "full": "every step verbatim (mini-swe-agent)",
-    "mask": "old observations elided (JetBrains' observation masking)",
-    "sync": "blocking summarization (OpenHands, Claude Code)",
-    "paper": "the CoMem paper's pipeline: a summary every 4 steps, one step of budget, then block",
-    "threshold": "background compaction from 80% of the budget, blocking at 95% (GitHub Copilot)",
-    "comem": "k-step-off summaries that never block unless the budget overflows",
-}
 # Memory backends (memory/backends.py says what `auto` picks).
 Backend = Literal["auto", "vllm", "openai", "transformers", "main"]
 BACKENDS: tuple[str, ...] = get_args(Backend)

@@ -1,8 +1,8 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 that plays a script.
 
 Part of the product: `comem demo` serves its recorded replay of the main and memory models with
-it. The tests and benchmarks use it too (`comem_cli.testing.scripted_server` re-exports it): comem
-reaches it through litellm exactly as it would reach a provider (`--model openai/<any> --api-base <url>`).
+it. The tests and benchmarks use it too: comem reaches it through litellm exactly as it would reach
+a provider (`--model openai/<any> --api-base <url>`).
 
 Command line: `python -m comem_cli.replay_server --script replies.json [--port 8000]`.
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import socketserver
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.replay_server import Script, ScriptedServer
 
 # a summary request still in flight when the memory server stops is expected: no traceback for it
 socketserver.BaseServer.handle_error = lambda self, request, client_address: None

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from comem_cli.bench.swe_mini import build_swe_mini_images, load_swe_mini
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from tests.conftest import run_cli
 from tests.test_memory_http import SUMMARY
 

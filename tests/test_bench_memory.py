@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from comem_cli.testing.scripted_server import ScriptedServer, Sections
+from comem_cli.replay_server import ScriptedServer, Sections
 from tests.conftest import run_cli
 
 HEADINGS = "## Task\n## Files and code state\n## Actions and outcomes\n## Tests\n## Open questions"

@@ -11,8 +11,8 @@ import sys
 import pexpect
 import pytest
 
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from comem_cli.rollouts import read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, REPO_ROOT, comem_containers, git, run_cli
 
 pytestmark = pytest.mark.docker

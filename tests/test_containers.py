@@ -13,8 +13,8 @@ import time
 import pytest
 
 from comem_cli.config import SandboxConfig
+from comem_cli.replay_server import Script, ScriptedServer
 from comem_cli.sandbox import Sandbox, prune
-from comem_cli.testing.scripted_server import Script, ScriptedServer
 from tests.conftest import FIX_SCRIPT, comem_containers, run_cli
 
 pytestmark = pytest.mark.docker

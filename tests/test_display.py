@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.docker

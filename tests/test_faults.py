@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from comem_cli.testing.scripted_server import SUBMIT_REPLY, Script, ScriptedServer
+from comem_cli.replay_server import SUBMIT_REPLY, Script, ScriptedServer
 from tests.conftest import FIX_SCRIPT, comem_containers, run_cli
 
 pytestmark = pytest.mark.docker

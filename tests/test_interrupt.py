@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.replay_server import Script, ScriptedServer
 from tests.conftest import comem_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.stress]

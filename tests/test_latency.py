@@ -452,7 +452,7 @@ def test_other_benchmarks_still_take_one_integer_k():
 def test_prewarm_sends_a_one_token_request_and_never_raises():
     from comem_cli.config import ModelConfig
     from comem_cli.models import LitellmModel
-    from comem_cli.testing.scripted_server import Script, ScriptedServer
+    from comem_cli.replay_server import Script, ScriptedServer
 
     messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "task"},
                 {"role": "user", "content": "<memory>summary</memory>"}]
@@ -467,7 +467,7 @@ def test_prewarm_sends_a_one_token_request_and_never_raises():
 def test_endpoint_serving_forces_the_recorded_reply_lengths_through_the_llm_helper(tmp_path):
     """`--serving endpoint` against two real HTTP servers: every request asks for exactly the recorded
     reply length (max_tokens = min_tokens, ignore_eos), and each arm's row is measured."""
-    from comem_cli.testing.scripted_server import Script, ScriptedServer
+    from comem_cli.replay_server import Script, ScriptedServer
 
     trajs = tmp_path / "trajs"
     trajs.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from comem_cli.replay_server import Script, ScriptedServer
 from comem_cli.rollouts import read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer
 from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
 
 pytestmark = pytest.mark.docker

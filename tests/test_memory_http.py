@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import pytest
 
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from comem_cli.rollouts import read_run
 from comem_cli.memory.transcript import SECTIONS
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import comem_containers, run_cli
 
 pytestmark = pytest.mark.docker

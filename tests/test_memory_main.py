@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.replay_server import Script, ScriptedServer
 from tests.conftest import FIX_SCRIPT, run_cli
 
 pytestmark = pytest.mark.docker

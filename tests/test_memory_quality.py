@@ -9,7 +9,7 @@ import json
 import pytest
 
 from comem_cli.memory import quality
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from comem_cli.trajectories import Step
 from tests.conftest import FIX_SCRIPT, run_cli
 

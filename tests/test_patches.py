@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comem_cli.testing.scripted_server import SUBMIT_REPLY, Script, ScriptedServer
+from comem_cli.replay_server import SUBMIT_REPLY, Script, ScriptedServer
 from tests.conftest import git
 from tests.test_faults import finished_run, fix
 

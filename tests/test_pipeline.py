@@ -244,8 +244,8 @@ def test_a_hanging_or_garbage_memory_model_leaves_a_run_no_slower_than_full(faul
     one run each on a shared machine) and records every fallback."""
     import json
 
+    from comem_cli.replay_server import Script, ScriptedServer
     from comem_cli.rollouts import read_run
-    from comem_cli.testing.scripted_server import Script, ScriptedServer
     from tests.conftest import comem_containers, run_cli
 
     TIMEOUT = 1.5  # the run (9 steps of ~0.5 s) must outlive the memory model's first timeout
@@ -305,7 +305,7 @@ class SectionBackend:
     parallel = True
 
     def __init__(self, fail_section: str | None = None, hold: threading.Event | None = None):
-        from comem_cli.testing.scripted_server import Sections
+        from comem_cli.replay_server import Sections
 
         self.answer = Sections("\n\n".join(f"## {h}\nfacts about {h.lower()}." for h in
                                            ("Task", "Files and code state", "Actions and outcomes", "Tests", "Open questions")))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from comem_cli.testing.scripted_server import Script, ScriptedServer
+from comem_cli.replay_server import Script, ScriptedServer
 from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
 from tests.test_issues import FakeGitHub
 

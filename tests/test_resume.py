@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from comem_cli.rollouts import TRAJECTORY, read_run
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, comem_containers, git, run_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.stress]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from comem_cli.replay_server import Script, ScriptedServer, Sections
 from comem_cli.rollouts import META, TRAJECTORY
 from comem_cli.snapshot import SNAPSHOT
-from comem_cli.testing.scripted_server import Script, ScriptedServer, Sections
 from tests.conftest import FIX_SCRIPT, comem_containers, run_cli
 
 pytestmark = pytest.mark.docker

@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-from comem_cli.testing.scripted_server import SUBMIT_REPLY, Script, ScriptedServer
+from comem_cli.replay_server import SUBMIT_REPLY, Script, ScriptedServer
 from tests.conftest import comem_containers, git
 from tests.gates import Gate, install_waiting_hook
 from tests.test_faults import finished_run

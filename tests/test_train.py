@@ -27,7 +27,7 @@ import pytest
 
 from comem_cli.devices import cuda_available
 from comem_cli.errors import UserError
-from comem_cli.testing.scripted_server import ScriptedServer
+from comem_cli.replay_server import ScriptedServer
 from comem_cli.train.common import last_complete_checkpoint
 from comem_cli.train.grpo import evaluate_reward, train_grpo
 from comem_cli.train.policy import (

@@ -18,7 +18,6 @@ from typing import Any
 from comem_cli.errors import UserError
 
 SWE_MINI_DIR = Path(__file__).resolve().parent
-IMAGE_PREFIX = "comem-swe-mini-"
 
 
 def load_swe_mini() -> list[dict[str, Any]]:
