@@ -28,6 +28,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from comem_cli.devices import cuda_available
 from comem_cli.errors import UserError
 
 _QWEN3_COMMON = {
@@ -63,11 +64,6 @@ BUILT_MARKER = "comem-arch.json"
 
 def cache_root() -> Path:
     return Path(os.environ.get("COMEM_MODEL_CACHE") or Path.home() / ".cache" / "comem" / "models")
-
-
-def kv_bytes_per_token(arch: str, dtype_bytes: int = 2) -> int:
-    c = ARCHS[arch]
-    return 2 * c["num_hidden_layers"] * c["num_key_value_heads"] * c["head_dim"] * dtype_bytes
 
 
 def tokenizer_dir() -> Path:
@@ -124,7 +120,7 @@ def build(arch: str, out: Path, tokenizer_files: Path, seed: int = 0) -> Path:
     config = Qwen3Config(**{k: v for k, v in ARCHS[arch].items() if k not in ("model_type",)})
     config.torch_dtype = "bfloat16"
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if cuda_available() else "cpu"
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from comem_cli.config import MemoryConfig
 from comem_cli.latency.results import RunStat, StepStat, Variant, summarize_runs
 from comem_cli.latency.workload import Replay, Workload, summary_text
+from comem_cli.memory.hf import chat_ids
 from comem_cli.memory.pipeline import MemoryPool, context_for
 
 LOCAL_MAX_PROMPT = 1024  # tiny-model tokens kept (the end of the prompt) in --serving local
@@ -48,10 +49,7 @@ class LocalModel:
 
     def generate(self, messages: list[dict[str, str]], n_tokens: int) -> None:
         torch = self.torch
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)[-LOCAL_MAX_PROMPT:]
+        ids = chat_ids(self.tokenizer, messages)[-LOCAL_MAX_PROMPT:]
         import warnings
 
         with self.lock, torch.no_grad(), warnings.catch_warnings():

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cancelled", "TransformersBackend", "convert_gguf", "load_model_and_tokenizer"]
+__all__ = ["Cancelled", "TransformersBackend", "chat_ids", "convert_gguf", "load_model_and_tokenizer"]
 
 _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
@@ -100,6 +100,15 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(model)
         lm = AutoModelForCausalLM.from_pretrained(model, **kwargs)
     return lm, tokenizer
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of chat messages through the chat template (transformers 5 returns a BatchEncoding).
+    The training stages, the GRPO policy and the latency benchmark's local models all tokenize with it."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    return list(out)
 
 
 def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

@@ -1,6 +1,6 @@
-"""What the training stages (sft.py, grpo.py) share: loading the base model, chat prompts as token
-ids, checkpoints on disk, and the end of a successful run (save `final/`, evaluate it as every
-memory backend will load it, write the report, then publish `final/`).
+"""What the training stages (sft.py, grpo.py) share: loading the base model, checkpoints on disk,
+and the end of a successful run (save `final/`, evaluate it as every memory backend will load it,
+write the report, then publish `final/`). Chat prompts become token ids with memory/hf.chat_ids.
 
 Output rules, for every stage: `final/` and the report are replaced only at the very end of a
 successful run (written to temporary siblings, then renamed), so a run that fails or is
@@ -73,14 +73,6 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
-
-
-def chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of chat messages through the chat template (transformers 5 returns a BatchEncoding)."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
 
 
 @contextlib.contextmanager

@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from comem_cli.devices import cuda_available
+from comem_cli.memory.hf import chat_ids
 from comem_cli.rollouts import atomic_write_bytes, atomic_write_json
 from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
-    chat_ids,
     cleanup_tmp,
     eos_ids,
     load_for_training,

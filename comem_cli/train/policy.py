@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from comem_cli.devices import cuda_available
-from comem_cli.train.common import chat_ids
+from comem_cli.memory.hf import chat_ids
 
 __all__ = [
     "LitellmPolicy",

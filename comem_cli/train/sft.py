@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from comem_cli.devices import cuda_available
+from comem_cli.memory.hf import chat_ids
 from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
-    chat_ids,
     cleanup_tmp,
     load_for_training,
     lora_config,
