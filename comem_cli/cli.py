@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from comem_cli.config import DEFAULT_SUMMARY_CAP
+from comem_cli.config import DEFAULT_SUMMARY_CAP, memory_default
 from comem_cli.errors import UserError
 from comem_cli.signals import default_on_signals, interrupt_on_signals
 
@@ -45,10 +45,10 @@ def fix(
     network: bool = typer.Option(False, "--network/--no-network", help="Give the sandbox network access (off by default)."),
     github_api: Optional[str] = typer.Option(None, "--github-api", envvar="COMEM_GITHUB_API", help="GitHub API base (GitHub Enterprise: https://HOST/api/v3)."),
     memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | paper | threshold | comem."),
-    k: int = typer.Option(2, "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous)."),
+    k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous)."),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps [default: comem on raw-tail tokens only; sync 1]."),
-    launch_tokens: int = typer.Option(2000, "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off)."),
-    raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
+    launch_tokens: int = typer.Option(memory_default("launch_tokens"), "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off)."),
+    raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view."),
     memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries). auto: a memory server if given, vLLM on a GPU, a named local model, else main."),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base."),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model."),
@@ -56,7 +56,7 @@ def fix(
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate | main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost)."),
     max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands)."),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell (transformers and vLLM read it from the model, an OpenAI-compatible server from /v1/models); every summary request is fitted into it."),
-    summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
+    summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per step, without the commands' output (--confirm shows it anyway)."),
@@ -179,7 +179,7 @@ def train_memory(
     stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo [default: sft when --teacher is given, then grpo]."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="litellm model writing warm-up summaries for SFT."),
     teacher_api_base: Optional[str] = typer.Option(None, "--teacher-api-base"),
-    k: int = typer.Option(2, "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
+    k: int = typer.Option(memory_default("k"), "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
     only_resolved: bool = typer.Option(False, "--only-resolved", help="Only runs whose evaluation says resolved."),
     group_size: int = typer.Option(16, "--group-size", min=2),
     lr: float = typer.Option(1e-6, "--lr"),

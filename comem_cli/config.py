@@ -110,6 +110,12 @@ class MemoryConfig(BaseModel):
         return self
 
 
+def memory_default(field: str) -> Any:
+    """A MemoryConfig field's default, for the command-line options that set it: declared once, in
+    the model, so `--help` shows what a run uses."""
+    return MemoryConfig.model_fields[field].default
+
+
 class RunConfig(BaseModel):
     """Everything one `comem fix` run needs; stored verbatim in meta.json."""
 

@@ -10,6 +10,7 @@ import is still a dependency), so the check is exact and needs nothing installed
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -179,3 +180,55 @@ def test_nothing_in_the_repository_reaches_outside_it():
         text = path.read_text(encoding="utf-8", errors="replace")
         hits += [f"{path.relative_to(REPO_ROOT)}: {word}" for word in (sibling, variable) if word in text]
     assert hits == []
+
+
+# Docstrings and comments cite only what the repository holds: it has no numbered specification.
+CITATION = re.compile(r"\b" + "SP" + r"EC\b\s*(§\s*)?\d")  # spelled in pieces so this file does not match itself
+
+
+def citations(text: str) -> list[str]:
+    return [m[0] for m in CITATION.finditer(text)]
+
+
+def test_no_citation_of_a_numbered_specification():
+    assert citations("see " + "SP" + "EC 4.2") and citations("SP" + "EC §7") and not citations("GIT_LITERAL_PATHSPECS=1")
+    hits = [f"{path.relative_to(REPO_ROOT)}: {hit}" for folder in (PACKAGE, REPO_ROOT / "tests")
+            for path in sorted(folder.rglob("*.py")) for hit in citations(path.read_text(encoding="utf-8"))]
+    assert hits == []
+
+
+# Command-line options that set a MemoryConfig field take their default from the model (one home).
+MEMORY_OPTIONS = {"k": "k", "raw_budget": "raw_budget", "sections": "sections", "summary_sections": "sections",
+                  "max_summary_tokens": "max_summary_tokens", "launch_tokens": "launch_tokens"}
+OPTION_FILES = ("comem_cli/cli.py", "comem_cli/bench/cli_bench.py")
+
+
+def memory_options(source: str) -> dict[str, ast.expr]:
+    """`NAME: ... = typer.Option(DEFAULT, ...)` parameters named after a MemoryConfig field: "NAME line N" -> DEFAULT."""
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        args = node.args
+        pairs = list(zip(args.args[len(args.args) - len(args.defaults):], args.defaults)) + list(zip(args.kwonlyargs, args.kw_defaults))
+        for arg, default in pairs:
+            if (arg.arg in MEMORY_OPTIONS and isinstance(default, ast.Call) and isinstance(default.func, ast.Attribute)
+                    and default.func.attr == "Option" and default.args):
+                found[f"{arg.arg} line {default.lineno}"] = default.args[0]
+    return found
+
+
+def written_out(default: ast.expr) -> bool:
+    """A number, or a string of numbers (`"2"`, `"1,4"`), rather than a name the config declares."""
+    return isinstance(default, ast.Constant) and (
+        isinstance(default.value, (int, float)) and not isinstance(default.value, bool)
+        or isinstance(default.value, str) and default.value.replace(",", "").isdigit())
+
+
+def test_memory_option_defaults_come_from_the_config_model():
+    sample = 'def fix(raw_budget: int = typer.Option(12000, "--raw-budget"), k: str = typer.Option(str(memory_default("k")))): ...'
+    assert {name: written_out(d) for name, d in memory_options(sample).items()} == {"raw_budget line 1": True, "k line 1": False}
+    options = {f"{path} {name}": default for path in OPTION_FILES
+               for name, default in memory_options((REPO_ROOT / path).read_text(encoding="utf-8")).items()}
+    assert len(options) >= 12  # fix, train-memory, bench run, bench latency, bench memory
+    assert [name for name, default in options.items() if written_out(default)] == []

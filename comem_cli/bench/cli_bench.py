@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from comem_cli.bench.datasets import BENCHMARKS
-from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP
+from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP, memory_default
 
 MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
 ARM_LIST = ",".join(ARMS)
@@ -42,15 +42,15 @@ def _runner(name: str):
         model: Optional[str] = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name).", rich_help_panel=MODEL),
         api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model.", rich_help_panel=MODEL),
         memory: str = typer.Option("comem", "--memory", help=f"Arm(s), comma-separated, run on the same instances: {ARM_LIST}.", rich_help_panel=MEMORY),
-        k: str = typer.Option("2", "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
+        k: str = typer.Option(str(memory_default("k")), "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
         every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
         launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
-        raw_budget: int = typer.Option(12000, "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
+        raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
         memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries).", rich_help_panel=MEMORY),
         memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
         memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
         prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
-        summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
+        summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
         workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
         instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids.", rich_help_panel=RUN),
         filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids.", rich_help_panel=RUN),
@@ -100,13 +100,13 @@ def latency(
     memory_engine: str = typer.Option("separate", "--memory-engine", help="separate (extra hardware beside the main engine) | main (summaries served by the main engine).", rich_help_panel=MODEL),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
-    summary_sections: int = typer.Option(4, "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
+    summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
     cost_params: Optional[Path] = typer.Option(None, "--cost-params", help="Cost-model parameters from this JSON file (with --calibrate-engine: where the fit is written).", rich_help_panel=MODEL),
     memory: str = typer.Option(ARM_LIST, "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
-    k: str = typer.Option("2", "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
+    k: str = typer.Option(str(memory_default("k")), "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch period in steps (default: comem on raw-tail tokens only; sync 2).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
-    raw_budget: int = typer.Option(12000, "--raw-budget", min=256, rich_help_panel=MEMORY),
+    raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, rich_help_panel=MEMORY),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
     memory_free: bool = typer.Option(False, "--memory-free", help="Only the limits: every memory model costs nothing.", rich_help_panel=MEMORY),
     memory_workers: int = typer.Option(64, "--memory-workers", min=1, help="Memory requests in flight at once (the memory pool).", rich_help_panel=MEMORY),
@@ -145,9 +145,9 @@ def memory_quality(
     memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
     judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
-    summary_sections: str = typer.Option("4", "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
+    summary_sections: str = typer.Option(str(memory_default("sections")), "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
     max_summary_tokens: str = typer.Option(str(DEFAULT_SUMMARY_CAP), "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
-    k: int = typer.Option(2, "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
+    k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. [default: the bundled sample]", rich_help_panel=RUN),
