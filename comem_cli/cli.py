@@ -57,6 +57,7 @@ def fix(
     max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands)."),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell (transformers and vLLM read it from the model, an OpenAI-compatible server from /v1/models); every summary request is fitted into it."),
     summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all)."),
+    summary_check: bool = typer.Option(memory_default("check"), "--summary-check/--no-summary-check", help="Check each summary when it lands against the steps the agent took meanwhile: reject one without its headings, over its cap or not shorter than what it covers; add the facts it misses (docs/memory-quality.md)."),
     prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers)."),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per step, without the commands' output (--confirm shows it anyway)."),
@@ -92,6 +93,7 @@ def fix(
         memory=MemoryConfig(arm=memory, k=k, every=every, launch_tokens=launch_tokens, raw_budget=raw_budget, backend=memory_backend,
                             model=memory_model, api_base=memory_api_base, timeout_s=memory_timeout,
                             max_summary_tokens=max_summary_tokens, sections=summary_sections, prewarm=prewarm, context=memory_context,
+                            check=summary_check,
                             memory_engine=memory_engine),
     )
     confirmer = None

@@ -64,7 +64,7 @@ class OpenAIBackend:
             raise Cancelled(request_id)
         return reply.content
 
-    def usage(self) -> dict[str, float | int]:
+    def bill(self) -> dict[str, float | int]:
         """What the memory model's requests cost so far (the run's totals show it apart)."""
         with self._lock:
             return {"memory_cost": round(self.cost, 6), "memory_prompt_tokens": self.prompt_tokens,

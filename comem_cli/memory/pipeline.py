@@ -265,15 +265,15 @@ class MemoryContext:
     def waits(self) -> list[dict[str, Any]]:
         return self.schedule.waits
 
-    def usage(self) -> dict[str, Any]:
-        """Tokens and dollars the memory model's requests cost, where its backend bills them."""
-        usage = getattr(self.backend, "usage", None)
-        return usage() if callable(usage) else {}
+    def bill(self) -> dict[str, Any]:
+        """Tokens and dollars the memory model's requests cost, where its backend bills them (`bill()`)."""
+        bill = getattr(self.backend, "bill", None)
+        return bill() if callable(bill) else {}
 
     @property
     def cost(self) -> float:
         """Dollars the summaries cost so far (the main model writing them bills them): part of --cost-limit."""
-        return float(self.usage().get("memory_cost", 0.0))
+        return float(self.bill().get("memory_cost", 0.0))
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -289,7 +289,7 @@ class MemoryContext:
             **self.schedule.totals(), "k": self.k, "every": self.every,
             "memory_backend": getattr(self.backend, "name", None),
             "summary_checks": {v: self.checks[v] for v in ("passed", "patched", "rejected")},
-            **self.usage(),
+            **self.bill(),
             "memory_s": round(memory_s, 3),
             "hidden_fraction": round(hidden / memory_s, 4) if memory_s > 0 else None,
             "jobs": [j.record() for j in jobs],
