@@ -150,7 +150,7 @@ def memory_quality(
     k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
-    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. [default: the bundled sample]", rich_help_panel=RUN),
+    trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. (default: the bundled sample)", rich_help_panel=RUN),
     max_summaries: Optional[int] = typer.Option(None, "--max-summaries", min=1, help="At most N summaries per trajectory (evenly spread over its cut-offs), to bound a slow model.", rich_help_panel=RUN),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows (one per configuration) to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
