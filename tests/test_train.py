@@ -128,7 +128,7 @@ def test_program_policy_and_the_toy_reward_are_consistent():
     target = sample.target_action.split()[-1]
     word = next(w for w, p in REPO_FILES.items() if p == target)
     policy = ProgramPolicy(known_file_policy)
-    from comem_cli.train.reward import action_reward
+    from comem_cli.reward import action_reward
 
     right = policy.propose(policy_view(sample, f"## Files\nRead several files, the last one was {word}."))
     wrong_file = next(p for p in REPO_FILES.values() if p != target and "/" in p and "/" in target)

@@ -118,7 +118,7 @@ class _Scorer:
 
     def __call__(self, samples: Sequence[Sample], summaries: Sequence[str], keys: Sequence[int]) -> list[float]:
         from comem_cli.memory.transcript import looks_like_summary
-        from comem_cli.train.reward import action_reward
+        from comem_cli.reward import action_reward
 
         rewards: list[float | None] = [None] * len(summaries)
         todo: dict[tuple[int, str], list[int]] = {}

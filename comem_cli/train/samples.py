@@ -190,7 +190,7 @@ def _summary(values: list[int]) -> dict[str, float]:
 
 def sample_stats(samples: Sequence[Sample]) -> dict:
     """What `train-memory --dry-run` reports about a sample set."""
-    from comem_cli.train.reward import main_command, parse_command_line
+    from comem_cli.shell import main_command, parse_command_line
 
     programs: Counter[str] = Counter()
     for s in samples:
