@@ -186,7 +186,7 @@ def train_memory(
     group_size: int = typer.Option(16, "--group-size", min=2),
     lr: float = typer.Option(1e-6, "--lr"),
     kl: float = typer.Option(0.01, "--kl"),
-    max_summary_tokens: int = typer.Option(2048, "--max-summary-tokens", min=8),
+    max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=8, help="Most tokens of a summary, in training as in comem fix."),
     steps: int = typer.Option(100, "--steps", min=1),
     lora: bool = typer.Option(False, "--lora/--full", help="LoRA adapters (merged into final/) or full fine-tuning."),
     save_every: int = typer.Option(50, "--save-every", min=1),
