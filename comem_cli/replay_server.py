@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -169,7 +170,14 @@ class ScriptedServer:
         self.arrived = threading.Condition(self.lock)  # notified on every request received (wait_for_requests)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = self._handle_error
         self._thread: threading.Thread | None = None
+
+    def _handle_error(self, request, client_address) -> None:
+        """A client that hung up before its answer (a killed run) is no error of the server's."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        ThreadingHTTPServer.handle_error(self._httpd, request, client_address)
 
     @property
     def port(self) -> int:
