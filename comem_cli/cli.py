@@ -161,7 +161,7 @@ def fix(
 @app.command()
 def report(
     path: Path = typer.Argument(..., help="A run dir, a bench output dir, or a train-memory output dir."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file [default: PATH/report.html]; the PNG goes beside it."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file (default: PATH/report.html); the PNG goes beside it."),
 ):
     """Write an HTML page and a PNG: timelines of model calls, commands, memory jobs and waits; curves."""
     from comem_cli.report import write_report
@@ -173,13 +173,13 @@ def report(
 
 @app.command("train-memory")
 def train_memory(
-    rollouts: Optional[list[Path]] = typer.Option(None, "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json, maybe .gz); repeatable. [default: the bundled sample of 32 real runs]"),
+    rollouts: Optional[list[Path]] = typer.Option(None, "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json, maybe .gz); repeatable. (default: the bundled sample of 32 real runs)"),
     output: Path = typer.Option(Path("memory-model"), "--output", "-o", help="Checkpoints, final/, train_report.json, reward_curve.png."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id, local directory, or smollm2 (SmolLM2-135M-Instruct, offline)."),
     policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for --reward action: litellm name or local model directory."),
     policy_api_base: Optional[str] = typer.Option(None, "--policy-api-base"),
     reward: Optional[str] = typer.Option(None, "--reward", help="GRPO reward: action (the policy acts on the summary as it did on the full history) | recall (the facts the agent used later, as comem bench memory scores them; no model) (default: action with --policy-model, else recall)."),
-    stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo [default: sft when --teacher is given, then grpo]."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo (default: sft when --teacher is given, then grpo)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="SFT warm-up summaries: extractive (written by rules from the steps, no model) or a litellm model."),
     teacher_api_base: Optional[str] = typer.Option(None, "--teacher-api-base"),
     k: int = typer.Option(memory_default("k"), "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
@@ -195,7 +195,7 @@ def train_memory(
     save_every: int = typer.Option(50, "--save-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
     max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) [default: the base model's context minus --max-summary-tokens]."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) (default: the base model's context minus --max-summary-tokens)."),
     max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
     eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9, help="Share of the rollouts' tasks held out (never trained on) when no --eval-trajectories are given."),
     eval_trajectories: Optional[list[Path]] = typer.Option(None, "--eval-trajectories", help="Held-out runs for the evaluation (their tasks are never trained on); repeatable (default: the --eval-fraction split)."),
