@@ -54,6 +54,12 @@ class QualitySettings(BaseModel):
     json_out: Path | None = None
 
 
+def arm_config(settings: QualitySettings, sections: int, cap: int) -> MemoryConfig:
+    """The comem arm as `comem fix` would run it with these options (its cut-offs, its cap)."""
+    launch = {} if settings.launch_tokens is None else {"launch_tokens": settings.launch_tokens}
+    return MemoryConfig(arm="comem", k=settings.k, every=settings.every, max_summary_tokens=cap, sections=sections, **launch)
+
+
 def cutoffs(config: MemoryConfig, steps: Sequence[Any]) -> list[int]:
     """The cut-offs the arm's schedule launches summaries at over a recorded run (each summary taken
     as landing at once), those with at least one step after them."""
@@ -151,9 +157,7 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
         backend = load_memory(settings, model)
         try:
             for sections, cap in itertools.product(settings.sections, settings.max_summary_tokens):
-                config = MemoryConfig(arm="comem", k=settings.k, every=settings.every, max_summary_tokens=cap,
-                                      sections=sections, **({} if settings.launch_tokens is None
-                                                            else {"launch_tokens": settings.launch_tokens}))
+                config = arm_config(settings, sections, cap)
                 groups = section_groups(sections if getattr(backend, "parallel", False) else 1)
                 scores: dict[str, list[float]] = {k: [] for k in ("forward", "artifact", "sections", "repeated",
                                                                    "compression", "seconds", "consistency", "reward")}
@@ -221,8 +225,7 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
 def total_summaries(settings: QualitySettings, trajectories: list) -> int:
     per_config = 0
     for cap in settings.max_summary_tokens:
-        config = MemoryConfig(arm="comem", k=settings.k, every=settings.every, max_summary_tokens=cap,
-                              **({} if settings.launch_tokens is None else {"launch_tokens": settings.launch_tokens}))
+        config = arm_config(settings, 1, cap)
         per_config += sum(len(spread(cutoffs(config, t.steps), settings.max_summaries)) for t in trajectories)
     return per_config * len(settings.sections) * len(settings.memory_models)
 
