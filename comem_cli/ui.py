@@ -62,24 +62,22 @@ def step_line(step: StepRecord) -> Text:
 
 def _check_note(check: dict) -> str:
     missing = check.get("missing") or []
-    return f"check {check.get('summary_check')}" + (f", added: {plain(', '.join(missing))}" if missing else "")
+    return f"check {check.get('verdict')}" + (f", added: {plain(', '.join(missing))}" if missing else "")
 
 
 def swap_lines(step: StepRecord) -> list[Text]:
     """A summary that replaced earlier steps in the prompt from this step on, as one line saying which
     steps it covers and what its swap-time check said (the schedule records a job among the step's
     memory events when it is first used); a summary the check rejected, as one line saying why."""
-    checks = {e.get("job"): e for e in step.memory if e.get("kind") == "summary_check"}
     lines = []
     for event in step.memory:
         if event.get("kind") == "job" and event.get("cutoff"):
             covered = "step 0" if event["cutoff"] == 1 else f"steps 0-{event['cutoff'] - 1}"
-            check = checks.pop(event.get("id"), None)
-            note = f", {_check_note(check)}" if check else ""
+            note = f", {_check_note(event['check'])}" if event.get("check") else ""
             lines.append(Text(f"memory: {covered} now a summary ({event.get('summary_tokens', 0)} tokens{note})", "magenta"))
-    for job, check in checks.items():
-        if check.get("summary_check") == "rejected":
-            lines.append(Text(f"memory: summary {job} rejected, not used: {plain(check.get('reason', ''))}", "yellow"))
+    for check in step.memory:  # recorded when it was made; the job it rejected is never used
+        if check.get("kind") == "summary_check" and check.get("summary_check") == "rejected":
+            lines.append(Text(f"memory: summary {check.get('job')} rejected, not used: {plain(check.get('reason', ''))}", "yellow"))
     return lines
 
 

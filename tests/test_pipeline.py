@@ -50,6 +50,8 @@ class GateBackend:
 
 
 class FailingBackend(GateBackend):
+    at_once = True  # answers (with an error) as soon as it is asked
+
     def summarize(self, messages, *, max_tokens, request_id):
         self.calls += 1
         raise RuntimeError("memory server down")
@@ -85,8 +87,11 @@ def run_pipeline(config: MemoryConfig, n_steps: int, finish_after: dict[int, int
         out.append((view.summary_cutoff, view, [e for e in events if e["kind"] == "wait"]))
         steps.append(make_step(n, obs_chars))
         ctx.completed(steps)
-        # Real steps take seconds: a submitted job has started before the next launch can come.
+        # Real steps take seconds: a submitted job has started before the next launch can come, and a
+        # backend that answers at once has answered (the first summary also imports the templates).
         assert wait_until(lambda: not ctx.schedule.ticket)
+        if getattr(backend, "at_once", False):
+            assert wait_until(lambda: not any(j.status == "running" for j in ctx.jobs))
     totals = ctx.close()
     return out, totals, ctx
 

@@ -187,6 +187,7 @@ class MemoryContext:
             history = self.steps[:job.cutoff]
             best = self.schedule.best()
         earlier = (best.cutoff, best.summary) if best is not None and best.summary else None
+        verdict = None
         try:  # the request fits the memory model's window (folded through the newest summary, or cut)
             messages = summary_input(self.task, history, max_observation_chars=self.config.max_observation_chars,
                                      previous=earlier if self.config.incremental else None, fold=earlier,
@@ -212,7 +213,8 @@ class MemoryContext:
         with self.lock:
             wanted = job.status == "running"
             blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
-            self.schedule.finish(job, self.clock(), summary=text, error=error, timed_out=timed_out)
+            self.schedule.finish(job, self.clock(), summary=text, error=error, timed_out=timed_out,
+                                 check=verdict and {"verdict": verdict.verdict, "missing": verdict.missing})
             self._drain()
             steps = list(self.steps)
         if wanted and error is None and self.prewarm is not None and not blocked and not self.closed:

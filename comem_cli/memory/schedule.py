@@ -114,6 +114,7 @@ class Job:
     status: str = "queued"  # queued | running | done | failed | timeout | superseded | cancelled
     error: str | None = None
     summary: str | None = field(default=None, repr=False)
+    check: dict[str, Any] | None = field(default=None, repr=False)  # the swap-time check's verdict, if any
     request: Any = field(default=None, repr=False)  # the driver's handle (the simulated requests)
 
     @property
@@ -121,7 +122,7 @@ class Job:
         return self.status in LIVE
 
     def record(self) -> dict[str, Any]:
-        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error")
+        keep = ("id", "cutoff", "deadline", "queued", "started", "finished", "consumed", "status", "error", "check")
         return {"kind": "job", **{k: getattr(self, k) for k in keep},
                 "summary_tokens": estimate_tokens(self.summary or ""), "summary": self.summary}
 
@@ -270,15 +271,17 @@ class Schedule:
         return job
 
     def finish(self, job: Job, now: float, *, summary: str | None = None, error: str | None = None,
-               timed_out: bool = False) -> None:
+               timed_out: bool = False, check: dict[str, Any] | None = None) -> None:
         """The memory model answered: a summary, or an error (garbage counts as an error; a request
-        that timed out in the backend counts as a timeout)."""
+        that timed out in the backend counts as a timeout). `check`: what the swap-time check said,
+        kept with the job so that the step that uses it can show it."""
         if job.status != "running":  # timed out or cancelled meanwhile: the answer is not wanted
             return
         if timed_out:
             self._timeout(job, now, error)
             return
         job.summary = summary if error is None else None
+        job.check = check
         self._end(job, "done" if error is None else "failed", now, error)
 
     def expire(self, now: float) -> None:
