@@ -79,7 +79,7 @@ class MemoryConfig(BaseModel):
     k: int = Field(2, ge=0)
     # Launches. comem: once the steps not yet covered by any summary job hold `launch_tokens` tokens
     # (0: off), and/or every `every` steps (None: off). sync: every `every` steps (default 1).
-    # Defaults measured with `comem bench latency` (README, "Latency").
+    # Defaults measured with `comem bench latency` (docs/latency.md).
     every: int | None = Field(None, ge=1)
     launch_tokens: int = Field(DEFAULT_LAUNCH_TOKENS, ge=0)
     raw_budget: int = Field(12_000, ge=256)  # tokens of raw tail a view may carry
@@ -91,7 +91,7 @@ class MemoryConfig(BaseModel):
     context: int | None = Field(None, ge=512)  # the memory model's window, where its backend cannot tell (--memory-context)
     # A summary's fixed sections are written by this many parallel requests sharing one prefilled
     # input (max_summary_tokens split between them), on backends that batch concurrent requests
-    # (vllm, openai); 1 = one request writes the whole summary. Measured: README, "Latency".
+    # (vllm, openai); 1 = one request writes the whole summary. Measured: docs/latency.md.
     sections: int = Field(4, ge=1, le=5)
     timeout_s: float = 300.0  # a memory job older than this is given up; the run stops waiting on the memory model
     max_observation_chars: int = 2_000  # observations are cut head + tail before the memory model sees them

@@ -191,26 +191,15 @@ def comparable(observation: str) -> str:
 
 
 def restore_memory(context, steps: list[StepRecord], meta: dict[str, Any]) -> int:
-    """Give a MemoryContext's schedule the recorded steps and summaries back (one that was due or in
-    flight is launched again). Returns how many summaries were restored."""
-    from comem_cli.memory.schedule import Job
-    from comem_cli.views import estimate_tokens
-
+    """Give a MemoryContext the recorded steps and summaries back (`MemoryContext.restore`). Returns
+    how many summaries were restored."""
     records: dict[int, dict[str, Any]] = {}
     sources = [e for s in steps for e in s.memory] + list(meta.get("memory_jobs") or [])
     for r in sources:
         if r.get("kind", "job") == "job" and r.get("status") == "done" and isinstance(r.get("summary"), str) \
                 and isinstance(r.get("cutoff"), int) and r["cutoff"] <= len(steps):
             records.setdefault(r["cutoff"], r)
-    with context.lock:
-        now = context.clock()
-        schedule = context.schedule
-        summaries = [Job(id=next(schedule.ids), cutoff=cutoff, queued=r.get("queued") or now, deadline=r.get("deadline"),
-                         started=r.get("started"), finished=r.get("finished"), consumed=r.get("consumed"), status="done",
-                         summary=r["summary"]) for cutoff, r in sorted(records.items())]
-        schedule.restore([(estimate_tokens(s.response), estimate_tokens(s.observation)) for s in steps], summaries, now)
-        context.steps = list(steps)
-        context._drain()
+    context.restore(steps, [r for _, r in sorted(records.items())])
     return len(records)
 
 

@@ -220,7 +220,7 @@ def test_prewarm_sends_the_next_swapped_prompt():
     which is exactly the prefix of the next view that uses that summary."""
     sent = []
     backend = GateBackend()
-    ctx = MemoryContext(MemoryConfig(check=False, arm="comem", k=2, every=2, launch_tokens=0, timeout_s=20), "sys", "task", backend, pool=POOL,
+    ctx = MemoryContext(MemoryConfig(check=False, arm="comem", k=2, every=2, launch_tokens=0, timeout_s=20, prewarm=True), "sys", "task", backend, pool=POOL,
                         prewarm=lambda messages: sent.append(messages) or {"ok": True, "start": 0.0, "end": 0.0})
     steps = []
     views = []

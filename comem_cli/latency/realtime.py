@@ -102,7 +102,7 @@ def replay_realtime(replays: list[Replay], v: Variant, concurrency: int, *, main
         stat = RunStat(start=time.time())
         steps: list = []
         mconfig = config.model_copy(update={"arm": v.arm, "k": v.k or 0, "every": v.every, "launch_tokens": v.launch_tokens,
-                                            "max_summary_tokens": summary_tokens})
+                                            "max_summary_tokens": summary_tokens, "prewarm": v.prewarm})
         backend = warm = None
         if v.summarizes:
             backend = _ServedMemory(None if v.free else memory_server, summary_tokens,

@@ -29,8 +29,8 @@ from typing import Any, Callable
 from comem_cli.config import DEFAULT_MEMORY_WORKERS, MemoryConfig
 from comem_cli.llm import CallTimeout
 from comem_cli.memory.quality import check
-from comem_cli.memory.schedule import Cancel, Job, Schedule, Submit, Use, Wait, policy_for
-from comem_cli.memory.transcript import for_sections, looks_like_summary, section_groups, summary_input
+from comem_cli.memory.schedule import Cancel, Job, Prewarm, Schedule, Submit, Use, Wait, policy_for
+from comem_cli.memory.transcript import for_sections, looks_like_summary, section_groups, summary_input, summary_requests
 from comem_cli.parallel import in_parallel
 from comem_cli.views import View, build_view, estimate_tokens
 
@@ -145,7 +145,6 @@ class MemoryContext:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified whenever a job ends
         self.steps: list = []
-        self.waiting_on: Job | None = None  # the job the agent is blocked on, if any
         self.late: list[dict[str, Any]] = []  # events from worker threads (pre-warms)
         self.reported = (0, 0, 0)  # how many waits / events / late events earlier steps already recorded
         self.checks: Counter[str] = Counter()  # swap-time check verdicts (memory/quality.py)
@@ -159,15 +158,20 @@ class MemoryContext:
         return self.schedule.closed
 
     # -- the schedule's commands -----------------------------------------------------------------
-    def _drain(self) -> None:
-        """Carry out what the schedule asked for (call with the lock held)."""
+    def _drain(self) -> list[Job]:
+        """Carry out what the schedule asked for (call with the lock held). Returns the jobs whose
+        summary to pre-warm the main model with: an HTTP call, made once the lock is released."""
+        warm = []
         for command in self.schedule.drain():
             if isinstance(command, Submit):
                 self.pool.submit(self._work)
             elif isinstance(command, Cancel):
                 for request_id in self._request_ids(command.job):
                     self.backend.cancel(request_id)
+            elif isinstance(command, Prewarm) and self.prewarm is not None:
+                warm.append(command.job)
         self.changed.notify_all()
+        return warm
 
     def completed(self, steps) -> None:
         with self.lock:
@@ -211,21 +215,31 @@ class MemoryContext:
             text, error = None, f"{type(e).__name__}: {str(e)[:200]}"
             timed_out = isinstance(e, (TimeoutError, CallTimeout))  # the backends' contract (memory/base.py)
         with self.lock:
-            wanted = job.status == "running"
-            blocked = self.waiting_on is job  # the agent waits for it: its real call comes at once
             self.schedule.finish(job, self.clock(), summary=text, error=error, timed_out=timed_out,
                                  check=verdict and {"verdict": verdict.verdict, "missing": verdict.missing})
-            self._drain()
+            warm = self._drain()
             steps = list(self.steps)
-        if wanted and error is None and self.prewarm is not None and not blocked and not self.closed:
-            # The prompt the next call will start with: system, task, this summary, the raw tail so far.
-            view = build_view(self.system, self.task, steps, summary=text, summary_cutoff=job.cutoff)
+        for done in warm:  # rule 7: the prompt the next call will start with (system, task, summary, raw tail)
+            view = build_view(self.system, self.task, steps, summary=done.summary, summary_cutoff=done.cutoff)
             result = self.prewarm(view.messages)
             with self.lock:
-                self.late.append({"kind": "prewarm", "job": job.id, **result})
+                self.late.append({"kind": "prewarm", "job": done.id, **result})
 
     def _request_ids(self, job: Job) -> list[str]:
         return request_ids(job.id, len(self.groups))
+
+    def restore(self, steps, summaries: list[dict[str, Any]]) -> None:
+        """A resumed run (`fix --resume`): the recorded steps and the summaries made before them (their
+        job records), as if this context had lived through them; a summary that was due or in flight
+        when the run died is launched again."""
+        with self.lock:
+            now = self.clock()
+            jobs = [Job(id=next(self.schedule.ids), cutoff=r["cutoff"], queued=r.get("queued") or now,
+                        deadline=r.get("deadline"), started=r.get("started"), finished=r.get("finished"),
+                        consumed=r.get("consumed"), status="done", summary=r["summary"]) for r in summaries]
+            self.schedule.restore([(estimate_tokens(s.response), estimate_tokens(s.observation)) for s in steps], jobs, now)
+            self.steps = list(steps)
+            self._drain()
 
     # -- views -----------------------------------------------------------------------------------
     def prepare(self, steps) -> tuple[View, list[dict[str, Any]]]:
@@ -249,10 +263,8 @@ class MemoryContext:
         """Block until the job ends or the wait gives up (lock held; released while waiting)."""
         if self.on_wait:
             self.on_wait(wait.job, wait.reason)
-        self.waiting_on = wait.job
         while wait.job.live and self.clock() < wait.until:
             self.changed.wait(timeout=min(max(wait.until - self.clock(), 0.0), 1.0))
-        self.waiting_on = None
         self.schedule.waited(wait, self.clock())
         self._drain()
 
@@ -302,18 +314,15 @@ class MemoryContext:
 
 def write_summary(backend, messages: list[dict[str, str]], groups: list[tuple[str, ...]], max_summary_tokens: int,
                   ids: list[str]) -> str:
-    """One summary from the memory model, as every summarizing arm asks for it: one request, or (with
-    several section `groups`) a 1-token request that prefills their shared input, then one request per
-    group at once, joined in order. `ids`: the request ids (`request_ids`). `comem bench memory` asks
-    through this very function."""
-    if len(groups) == 1:
-        return backend.summarize(messages, max_tokens=max_summary_tokens, request_id=ids[0])
-    asks = [for_sections(messages, g) for g in groups]
-    backend.summarize(asks[0], max_tokens=1, request_id=ids[0])
-    budget = max(1, max_summary_tokens // len(groups))
-    parts = in_parallel([lambda ask=ask, rid=rid: backend.summarize(ask, max_tokens=budget, request_id=rid)
-                         for ask, rid in zip(asks, ids[1:])])
-    return "\n\n".join(part.strip() for part in parts)
+    """One summary from the memory model, sent as `summary_requests` says (the requests of a wave at
+    once). `ids`: the request ids (`request_ids`). `comem bench memory` asks through this very function."""
+    ids_left = iter(ids)
+    parts: list[str] = []
+    for wave in summary_requests(groups, max_summary_tokens):
+        asks = [lambda r=r, rid=next(ids_left): backend.summarize(for_sections(messages, r.sections), max_tokens=r.max_tokens,
+                                                                  request_id=rid) for r in wave]
+        parts = [asks[0]()] if len(asks) == 1 else in_parallel(asks)
+    return parts[0] if len(groups) == 1 else "\n\n".join(part.strip() for part in parts)
 
 
 def request_ids(job_id: int | str, groups: int) -> list[str]:

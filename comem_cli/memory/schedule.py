@@ -13,7 +13,7 @@ The life of a run, as the driver tells it:
     start(now) -> Job | None                            a memory worker is free for this run
     finish(job, now, summary=... | error=...)           the memory model answered
     expire(now), close(now)                             give up on old jobs; end of run
-    drain() -> [Submit() | Cancel(job)]                 what the driver must do now
+    drain() -> [Submit() | Cancel(job) | Prewarm(job)]  what the driver must do now
 
 The rules, in the order `plan` applies them:
 
@@ -42,6 +42,10 @@ The rules, in the order `plan` applies them:
    thanks to that headroom) until the next summary swap: between two moves or swaps the prompt
    only grows at its end. Every over-budget step is recorded as a mask fallback.
 6. View. The newest finished summary and the raw tail after its cut-off: every step is in the view.
+7. Pre-warm (`prewarm`). When a summary is done, the prompt the next call will start with (system,
+   task, this summary, the raw tail so far) is sent to the main model with max_tokens=1, so that a
+   prefix-caching server has it cached by then; not when the agent is already waiting for this
+   summary (its real call comes at once), nor after the run ended.
 """
 
 from __future__ import annotations
@@ -75,13 +79,14 @@ class Policy:
     shared: bool = False  # the memory model is served by the main engine: launches must pay off there
     summary_tokens: int = 2048
     observation_cap: int = 500  # tokens of an observation the memory model sees (max_observation_chars / 4)
+    prewarm: bool = False  # rule 7
 
 
 def policy_for(config: MemoryConfig) -> Policy:
     arm, budget = config.arm, config.raw_budget
     if arm == "comem" and config.k == 0:
         arm = "sync"
-    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch")
+    common = dict(budget=budget, timeout_s=config.timeout_s, launch_from="launch", prewarm=config.prewarm)
     if arm == "sync":
         return Policy(arm="sync", every=config.every or 1, launch_tokens=None, deadline=0, wait_tokens=budget, stale=0,
                       blocking=True, **common)
@@ -158,7 +163,14 @@ class Cancel:
     job: Job
 
 
-Command = Union[Submit, Cancel]
+@dataclass(frozen=True)
+class Prewarm:
+    """Send the prompt the next call will start with, `job`'s summary swapped in, with max_tokens=1 (rule 7)."""
+
+    job: Job
+
+
+Command = Union[Submit, Cancel, Prewarm]
 
 
 class Schedule:
@@ -179,6 +191,7 @@ class Schedule:
         self.events: list[dict[str, Any]] = []
         self.outbox: list[Command] = []
         self._waited: set[int] = set()  # jobs waited for while preparing the current step
+        self.waiting_on: Job | None = None  # the job the driver blocks on (between plan's Wait and waited)
         self.closed = False
 
     # -- facts -----------------------------------------------------------------------------------
@@ -283,6 +296,8 @@ class Schedule:
         job.summary = summary if error is None else None
         job.check = check
         self._end(job, "done" if error is None else "failed", now, error)
+        if error is None and self.policy.prewarm and self.waiting_on is not job and not self.closed:
+            self.outbox.append(Prewarm(job))
 
     def expire(self, now: float) -> None:
         """Give up on jobs older than the timeout, even when nobody waits for them."""
@@ -309,6 +324,7 @@ class Schedule:
 
     def waited(self, wait: Wait, now: float) -> None:
         """The driver's wait ended (the job finished, or `wait.until` passed: then it times out)."""
+        self.waiting_on = None
         if wait.job.live:
             self._timeout(wait.job, now)
         self.waits.append({"kind": "wait", "job": wait.job.id, "reason": wait.reason, "step": wait.step,
@@ -356,6 +372,7 @@ class Schedule:
 
     def _wait(self, job: Job, reason: str, now: float) -> Wait:
         self._waited.add(job.id)
+        self.waiting_on = job
         return Wait(job=job, reason=reason, step=self.n, start=now, until=job.queued + self.policy.timeout_s)
 
     def _use(self, best: Job | None, now: float) -> Use:

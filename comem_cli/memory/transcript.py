@@ -9,6 +9,7 @@ prefix-caching server prefills only the new steps. Long observations are cut hea
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol, Sequence
 
 from comem_cli.config import DEFAULT_SUMMARY_CAP
@@ -51,6 +52,26 @@ def section_groups(n: int) -> list[tuple[str, ...]]:
         return [SECTIONS]
     extra = len(SECTIONS) - n  # the first group takes the sections the others leave
     return [SECTIONS[:extra + 1]] + [(s,) for s in SECTIONS[extra + 1:]]
+
+
+@dataclass(frozen=True)
+class SummaryRequest:
+    """One request of a summary: the sections it asks for (`for_sections`) and the tokens it may write."""
+
+    sections: tuple[str, ...]
+    max_tokens: int
+
+
+def summary_requests(groups: Sequence[tuple[str, ...]], max_summary_tokens: int) -> list[list[SummaryRequest]]:
+    """How one summary becomes requests, in waves (a wave is sent once the one before it is answered;
+    the summary is the last wave's answers joined in order): one request for the whole summary; or,
+    with several section `groups`, a 1-token request that prefills their shared input, then one request
+    per group at once, the cap shared among them. The real pipeline and the latency simulation both
+    send a summary as this says."""
+    if len(groups) == 1:
+        return [[SummaryRequest(tuple(groups[0]), max_summary_tokens)]]
+    budget = max(1, max_summary_tokens // len(groups))
+    return [[SummaryRequest(tuple(groups[0]), 1)], [SummaryRequest(tuple(g), budget) for g in groups]]
 
 
 def memory_messages(task: str, steps: Sequence[StepLike], *, first_index: int = 0, previous: str | None = None,
