@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from comem_cli.config import DEFAULT_SUMMARY_CAP, memory_default
+from comem_cli.config import (DEFAULT_SUMMARY_CAP, AgentConfig, Arm, Backend, LargeFiles, MemoryEngine, SandboxConfig, default_of,
+                              memory_default)
 from comem_cli.errors import UserError
 from comem_cli.signals import default_on_signals, interrupt_on_signals
 
@@ -34,58 +35,46 @@ def fix(
     model: str = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model, a litellm name (e.g. anthropic/claude-sonnet-4-5, openai/<name>).", rich_help_panel="Run"),
     api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model.", rich_help_panel="Run"),
     image: str = typer.Option(None, "--image", help="Sandbox Docker image (default: comem-sandbox:latest).", rich_help_panel="Sandbox"),
-    max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel="Run"),
-    cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0, help="Dollars; 0 for no limit. Unknown prices count as 0.", rich_help_panel="Run"),
-    timeout: int = typer.Option(120, "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel="Sandbox"),
-    time_limit: float = typer.Option(3600.0, "--time-limit", min=1.0, help="Wall-clock limit of the whole run in seconds.", rich_help_panel="Run"),
+    max_steps: int = typer.Option(default_of(AgentConfig, "max_steps"), "--max-steps", min=1, rich_help_panel="Run"),
+    cost_limit: float = typer.Option(default_of(AgentConfig, "cost_limit"), "--cost-limit", min=0.0, help="Dollars; 0 for no limit. Unknown prices count as 0.", rich_help_panel="Run"),
+    timeout: int = typer.Option(default_of(SandboxConfig, "command_timeout_s"), "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel="Sandbox"),
+    time_limit: float = typer.Option(default_of(AgentConfig, "time_limit_s"), "--time-limit", min=1.0, help="Wall-clock limit of the whole run in seconds.", rich_help_panel="Run"),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are written.", rich_help_panel="Output"),
     branch: Optional[str] = typer.Option(None, "--branch", "-b", help="Branch for the fix (default: comem/issue-<n> or a slug).", rich_help_panel="Output"),
     apply: bool = typer.Option(True, "--apply/--no-apply", help="Commit the patch on a new branch (never touches your current branch).", rich_help_panel="Output"),
     force: bool = typer.Option(False, "--force", help="Overwrite the branch if it exists.", rich_help_panel="Output"),
     network: bool = typer.Option(False, "--network/--no-network", help="Give the sandbox network access (off by default).", rich_help_panel="Sandbox"),
     github_api: Optional[str] = typer.Option(None, "--github-api", envvar="COMEM_GITHUB_API", help="GitHub API base (GitHub Enterprise: https://HOST/api/v3).", rich_help_panel="Run"),
-    memory: str = typer.Option("comem", "--memory", help="Context arm: full | mask | sync | paper | threshold | comem.", rich_help_panel="Memory"),
+    memory: Arm = typer.Option("comem", "--memory", help="Context arm (docs/design.md).", rich_help_panel="Memory"),
     k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous).", rich_help_panel="Memory"),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel="Memory"),
     launch_tokens: int = typer.Option(memory_default("launch_tokens"), "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off).", rich_help_panel="Memory"),
     raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel="Memory"),
-    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries). auto: a memory server if given, vLLM on a GPU, a named local model, else main.", rich_help_panel="Memory"),
+    memory_backend: Backend = typer.Option(memory_default("backend"), "--memory-backend", help="Who writes the summaries (main: the main model). auto: a memory server if given, vLLM on a GPU, a named local model, else main.", rich_help_panel="Memory"),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model: hub id, local directory, or openai/<name> with --memory-api-base.", rich_help_panel="Memory"),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model.", rich_help_panel="Memory"),
-    memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on).", rich_help_panel="Memory"),
-    memory_engine: str = typer.Option("separate", "--memory-engine", help="separate | main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost).", rich_help_panel="Memory"),
+    memory_timeout: float = typer.Option(memory_default("timeout_s"), "--memory-timeout", min=0.1, help="Give up on a summary after this many seconds (the run goes on).", rich_help_panel="Memory"),
+    memory_engine: MemoryEngine = typer.Option(memory_default("memory_engine"), "--memory-engine", help="main: the memory model is served by the main model's own server (summaries launched only when they spare it more work than they cost).", rich_help_panel="Memory"),
     max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=16, help="Hard cap on a summary's length (a longer one is rejected when it lands).", rich_help_panel="Memory"),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell (transformers and vLLM read it from the model, an OpenAI-compatible server from /v1/models); every summary request is fitted into it.", rich_help_panel="Memory"),
     summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request writes it all).", rich_help_panel="Memory"),
     summary_check: bool = typer.Option(memory_default("check"), "--summary-check/--no-summary-check", help="Check each summary when it lands against the steps the agent took meanwhile: reject one without its headings, over its cap or not shorter than what it covers; add the facts it misses (docs/memory-quality.md).", rich_help_panel="Memory"),
-    prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers).", rich_help_panel="Memory"),
+    prewarm: bool = typer.Option(memory_default("prewarm"), "--prewarm/--no-prewarm", help="After each summary, send the next swapped prompt with max_tokens=1 (for prefix-caching servers).", rich_help_panel="Memory"),
     confirm: bool = typer.Option(False, "--confirm", help="Ask before each command: run, edit, reply to the model instead, automatic for the rest, or quit.", rich_help_panel="Run"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per step, without the commands' output (--confirm shows it anyway).", rich_help_panel="Output"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted or killed run from its run dir (model, API base and limits may be given anew).", rich_help_panel="Run"),
     pr: bool = typer.Option(False, "--pr", help="Push the branch and open a pull request (GitHub REST API, GITHUB_TOKEN).", rich_help_panel="Output"),
     remote: str = typer.Option("origin", "--remote", help="With --pr: the git remote to push the branch to.", rich_help_panel="Output"),
     include_untracked_secrets: bool = typer.Option(False, "--include-untracked-secrets", help="Also copy untracked files that look like secrets (.env*, *.pem, id_rsa*, *credentials*, ...); left out by default.", rich_help_panel="Sandbox"),
-    large_files: str = typer.Option("warn", "--large-files", help="Binary or large (> 1 MB) files in the patch: warn (keep and list them) | refuse (leave them out).", rich_help_panel="Sandbox"),
+    large_files: LargeFiles = typer.Option(default_of(SandboxConfig, "large_files"), "--large-files", help="Binary or large (> 1 MB) files in the patch: warn (keep and list them), refuse (leave them out).", rich_help_panel="Sandbox"),
 ):
     """Fix an issue: run the agent in a Docker sandbox and commit its patch on a new branch."""
-    from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
+    from comem_cli.config import DEFAULT_IMAGE, DEFAULT_MODEL, MemoryConfig, ModelConfig, RunConfig
     from comem_cli.issues import resolve_issue
     from comem_cli.repo import UserRepo
     from comem_cli.run import fix as run_fix
     from comem_cli.ui import console, err_console, print_step, run_table
 
-    from comem_cli.config import ARMS
-
-    if memory not in ARMS:
-        raise UserError(f"--memory must be one of {', '.join(ARMS)} (got {memory!r})")
-    from comem_cli.config import BACKENDS
-
-    if memory_backend not in BACKENDS:
-        raise UserError(f"--memory-backend must be one of {', '.join(BACKENDS)} (got {memory_backend!r})")
-    if memory_engine not in ("separate", "main"):
-        raise UserError(f"--memory-engine must be separate or main (got {memory_engine!r})")
-    if large_files not in ("warn", "refuse"):
-        raise UserError(f"--large-files must be warn or refuse (got {large_files!r})")
     config = RunConfig(
         model=ModelConfig(name=model or DEFAULT_MODEL, api_base=api_base),
         sandbox=SandboxConfig(image=image or DEFAULT_IMAGE, network=network, command_timeout_s=timeout, large_files=large_files),
@@ -258,7 +247,23 @@ def main() -> None:
     silent exit 130, and an interrupted run's command exits 130 itself: both get the message here."""
     interrupt_on_signals()
     try:
-        app()
+        code = app(prog_name="comem", standalone_mode=False)  # returns the exit status; raises what it would print
+    except click.NoArgsIsHelpError as e:  # `comem bench`: its help, as asked for
+        print(e.ctx.get_help() if e.ctx else e.format_message())
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # a bad flag or value: one line, exit 2
+        where = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) is not None else ""
+        message = " ".join(e.format_message().replace("Value error, ", "").split())
+        print(f"comem: error: {message}{where}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        print("comem: aborted", file=sys.stderr)
+        sys.exit(1)
+    try:  # typer carries its own copy of click (typer._click); older releases use click itself
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
     except SystemExit as e:
         if e.code == EXIT_CODES["interrupted"]:
             default_on_signals()
@@ -280,6 +285,10 @@ def main() -> None:
 
 
 def _write_traceback() -> Path | None:
+    if code == EXIT_CODES["interrupted"]:
+        default_on_signals()
+        print("comem: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
     """The current exception's traceback in a per-user cache file of its own (never a shared /tmp path)."""
     import time
     import traceback

@@ -17,11 +17,16 @@ DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 
 # The context arms: one vocabulary for every command, report and table (each peer is an arm).
 Arm = Literal["full", "mask", "sync", "paper", "threshold", "comem"]
-ARMS: tuple[str, ...] = ("full", "mask", "sync", "paper", "threshold", "comem")
+ARMS: tuple[str, ...] = get_args(Arm)
 SUMMARIZING_ARMS: tuple[str, ...] = ("sync", "paper", "threshold", "comem")  # the arms that need a memory model
 # Memory backends (memory/backends.py says what `auto` picks).
 Backend = Literal["auto", "vllm", "openai", "transformers", "main"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+LocalBackend = Literal["auto", "vllm", "openai", "transformers"]  # `bench memory`: a memory model of its own
+MemoryEngine = Literal["separate", "main"]
+LargeFiles = Literal["warn", "refuse"]
+Serving = Literal["model", "local", "endpoint", "vllm"]  # where `bench latency`'s rows come from
+Executor = Literal["threads", "ray"]
 # The paper's pipeline, in MemoryConfig terms: launch every 4 steps, wait from one step after launch.
 PAPER_EVERY, PAPER_K = 4, 1
 THRESHOLD_START, THRESHOLD_BLOCK = 0.80, 0.95  # of raw_budget
@@ -55,7 +60,7 @@ class SandboxConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     max_output_bytes: int = Field(8_000_000, ge=1024)  # a command's output keeps this much: head + tail
     setup_timeout_s: int = 120  # set-up commands and taking the patch (git) never run longer
-    large_files: Literal["warn", "refuse"] = "warn"  # binary or large files in the patch: listed, or left out
+    large_files: LargeFiles = "warn"  # binary or large files in the patch: listed, or left out
     max_file_bytes: int = Field(1_000_000, ge=1)  # "large" above this
 
 
@@ -101,7 +106,7 @@ class MemoryConfig(BaseModel):
     workers: int = Field(DEFAULT_MEMORY_WORKERS, ge=1)  # memory thread pool capacity (shared by all runs of a process)
     # comem: where the memory model is served. "main": by the main model's own engine (no extra hardware),
     # so a summary is launched only when it spares that engine more work than it costs (schedule rule 1).
-    memory_engine: Literal["separate", "main"] = "separate"
+    memory_engine: MemoryEngine = "separate"
 
     @model_validator(mode="after")
     def _sync_is_k0(self) -> "MemoryConfig":
@@ -110,10 +115,14 @@ class MemoryConfig(BaseModel):
         return self
 
 
+def default_of(model: type[BaseModel], field: str) -> Any:
+    """A config field's default, for the command-line options that set it: declared once, in the
+    model, so `--help` shows what a run uses."""
+    return model.model_fields[field].default
+
+
 def memory_default(field: str) -> Any:
-    """A MemoryConfig field's default, for the command-line options that set it: declared once, in
-    the model, so `--help` shows what a run uses."""
-    return MemoryConfig.model_fields[field].default
+    return default_of(MemoryConfig, field)
 
 
 class RunConfig(BaseModel):

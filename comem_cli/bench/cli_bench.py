@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from comem_cli.bench.datasets import BENCHMARKS
-from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP, memory_default
+from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP, Backend, Executor, LocalBackend, MemoryEngine, Serving, memory_default
 
 MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
 ARM_LIST = ",".join(ARMS)
@@ -46,7 +46,7 @@ def _runner(name: str):
         every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
         launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
         raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
-        memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers | main (the main model writes the summaries).", rich_help_panel=MEMORY),
+        memory_backend: Backend = typer.Option(memory_default("backend"), "--memory-backend", help="Who writes the summaries (main: the main model).", rich_help_panel=MEMORY),
         memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
         memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
         prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
@@ -59,7 +59,7 @@ def _runner(name: str):
         evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", rich_help_panel=RUN),
         dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instances from a json/jsonl/parquet file in the SWE-bench 5 schema (image, eval_script, log_parser, ...).", rich_help_panel=RUN),
         image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'.", rich_help_panel=RUN),
-        executor: str = typer.Option("threads", "--executor", help="threads | ray", rich_help_panel=RUN),
+        executor: Executor = typer.Option("threads", "--executor", help="How instances run in parallel.", rich_help_panel=RUN),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local one).", rich_help_panel=RUN),
         max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
         cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0, rich_help_panel=RUN),
@@ -90,14 +90,14 @@ for _name in BENCHMARKS:
 
 @bench_app.command("latency")
 def latency(
-    serving: str = typer.Option("model", "--serving", help="model (the calibrated cost model, virtual time) | local (tiny real models) | endpoint (real servers) | vllm (comem starts two vLLM engines).", rich_help_panel=MODEL),
+    serving: Serving = typer.Option("model", "--serving", help="model: the calibrated cost model, virtual time; local: tiny real models; endpoint: real servers; vllm: comem starts two vLLM engines.", rich_help_panel=MODEL),
     main_arch: Optional[str] = typer.Option(None, "--main-arch", help="vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id (default: tiny).", rich_help_panel=MODEL),
     memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="vllm: memory model, as --main-arch (default: tiny).", rich_help_panel=MODEL),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the main model's served name.", rich_help_panel=MODEL),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="endpoint: the main server.", rich_help_panel=MODEL),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", help="endpoint: the memory model's served name.", rich_help_panel=MODEL),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", help="endpoint: the memory server.", rich_help_panel=MODEL),
-    memory_engine: str = typer.Option("separate", "--memory-engine", help="separate (extra hardware beside the main engine) | main (summaries served by the main engine).", rich_help_panel=MODEL),
+    memory_engine: MemoryEngine = typer.Option(memory_default("memory_engine"), "--memory-engine", help="separate: extra hardware beside the main engine; main: summaries served by the main engine.", rich_help_panel=MODEL),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
     summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
     summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
@@ -122,10 +122,7 @@ def latency(
     """Replay recorded trajectories and time every context arm side by side (no Docker, no agent)."""
     from comem_cli.latency.command import run
     from comem_cli.latency.measure import LatencySettings
-    from comem_cli.errors import UserError
 
-    if memory_engine not in ("separate", "main"):
-        raise UserError(f"--memory-engine must be separate or main (got {memory_engine!r})")
     settings = LatencySettings(
         trajectories=trajectories or [], serving=serving, concurrency=concurrency, arms=memory, k=k, every=every,
         launch_tokens=launch_tokens, raw_budget=raw_budget, prewarm=prewarm, memory_free=memory_free,
@@ -139,10 +136,10 @@ def latency(
 @bench_app.command("memory")
 def memory_quality(
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model(s), comma-separated: directory, hub id, or openai/<name> with --memory-api-base.", rich_help_panel=MODEL),
-    memory_backend: str = typer.Option("auto", "--memory-backend", help="auto | vllm | openai | transformers (transformers without --memory-model: SmolLM2 on this CPU).", rich_help_panel=MODEL),
+    memory_backend: LocalBackend = typer.Option("auto", "--memory-backend", help="transformers without --memory-model: SmolLM2 on this CPU.", rich_help_panel=MODEL),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model.", rich_help_panel=MODEL),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell.", rich_help_panel=MODEL),
-    memory_timeout: float = typer.Option(300.0, "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
+    memory_timeout: float = typer.Option(memory_default("timeout_s"), "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
     judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
     summary_sections: str = typer.Option(str(memory_default("sections")), "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
@@ -156,11 +153,9 @@ def memory_quality(
 ) -> None:
     """Score a memory model's summaries of recorded runs: what the agent used next that they keep."""
     from comem_cli.bench.quality import QualitySettings, quality_command
-    from comem_cli.config import BACKENDS, parse_int_list
+    from comem_cli.config import parse_int_list
     from comem_cli.errors import UserError
 
-    if memory_backend not in BACKENDS or memory_backend == "main":
-        raise UserError(f"--memory-backend must be one of auto, vllm, openai, transformers (got {memory_backend!r})")
     models = [m.strip() for m in memory_model.split(",") if m.strip()] if memory_model else [None]
     settings = QualitySettings(
         trajectories=trajectories or [], memory_models=models, memory_backend=memory_backend, memory_api_base=memory_api_base,

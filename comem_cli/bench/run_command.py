@@ -9,6 +9,7 @@ from typing import Optional
 
 from pydantic import BaseModel, Field
 
+from comem_cli.config import Backend, Executor
 from comem_cli.errors import UserError
 
 
@@ -23,7 +24,7 @@ class BenchSettings(BaseModel):
     every: Optional[int] = None
     launch_tokens: Optional[int] = None
     raw_budget: int = 12_000
-    memory_backend: str = "auto"
+    memory_backend: Backend = "auto"
     memory_model: Optional[str] = None
     memory_api_base: Optional[str] = None
     prewarm: bool = False
@@ -36,7 +37,7 @@ class BenchSettings(BaseModel):
     evaluate: bool = True
     dataset: Optional[Path] = None
     image_template: Optional[str] = None
-    executor: str = "threads"
+    executor: Executor = "threads"
     ray_address: Optional[str] = None
     max_steps: int = 100
     cost_limit: float = 3.0
@@ -90,12 +91,6 @@ def bench_command(s: BenchSettings) -> int:
 
     arms = parse_arms(s.memory)
     k = s.k_value()
-    from comem_cli.config import BACKENDS
-
-    if s.memory_backend not in BACKENDS:
-        raise UserError(f"--memory-backend must be one of {', '.join(BACKENDS)} (got {s.memory_backend!r})")
-    if s.executor not in ("threads", "ray"):
-        raise UserError(f"--executor must be threads or ray (got {s.executor!r})")
     instances = datasets.select(datasets.load_instances(s.name, s.dataset),
                                 ids=[i.strip() for i in s.instances.split(",")] if s.instances else None,
                                 pattern=s.filter, slice_spec=s.slice)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from comem_cli.latency.measure import LatencySettings, check_paper, measure, serving_of, show
+from comem_cli.latency.measure import LatencySettings, check_paper, measure, show
 
 
 def run(s: LatencySettings) -> int:
     """The whole command; returns its exit status."""
-    if serving_of(s) == "vllm":  # start vLLM engines, then measure against them
+    if s.serving == "vllm":  # start vLLM engines, then measure against them
         from comem_cli.latency.vllm_replay import run_vllm
 
         return run_vllm(s)

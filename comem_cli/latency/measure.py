@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from pydantic import BaseModel, Field
 
-from comem_cli.config import ARMS, DEFAULT_MEMORY_WORKERS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig, parse_arms, parse_int_list
+from comem_cli.config import (ARMS, DEFAULT_LAUNCH_TOKENS, DEFAULT_MEMORY_WORKERS, PAPER_EVERY, PAPER_K, MemoryConfig, MemoryEngine, Serving,
+                              parse_arms, parse_int_list)
 from comem_cli.errors import UserError
 from comem_cli.latency.costmodel import CostParams, apply_overrides
 from comem_cli.latency.results import Variant, add_ratios
 from comem_cli.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, Replay, TokenCounter, Workload, load_replays
 
-SERVINGS = ("model", "local", "endpoint", "vllm")
 DEFAULT_CONCURRENCY = "1,8,32,128"
 HARDWARE_NOTE = {
     "separate": "the memory model runs on its own engine: extra hardware beside the main engine "
@@ -34,7 +34,7 @@ class LatencySettings(BaseModel):
     """Everything `comem bench latency` needs, validated at the command line's boundary."""
 
     trajectories: list[Path] = Field(default_factory=list)
-    serving: str = "model"
+    serving: Serving = "model"
     concurrency: str = DEFAULT_CONCURRENCY
     arms: str = ",".join(ARMS)
     k: str = "2"
@@ -43,7 +43,7 @@ class LatencySettings(BaseModel):
     raw_budget: int = 12_000
     prewarm: Optional[bool] = False
     memory_free: bool = False
-    memory_engine: Literal["separate", "main"] = "separate"
+    memory_engine: MemoryEngine = "separate"
     repeat: int = Field(1, ge=1)  # wall-clock servings: rounds over the plan, the fastest of each row kept
     workers: int = DEFAULT_MEMORY_WORKERS
     max_steps: int = 100
@@ -115,21 +115,13 @@ class Inputs:
     workload: Workload
 
 
-def serving_of(s: LatencySettings) -> str:
-    """`--serving`, checked first: every other check depends on where the rows come from."""
-    serving = s.serving.strip()
-    if serving not in SERVINGS:
-        raise UserError(f"--serving must be one of {', '.join(SERVINGS)} (got {serving!r})")
-    return serving
-
-
 def prepare(s: LatencySettings) -> Inputs:
     """Parse the settings, load the cost model's parameters and the trajectories (one-line errors),
     and say what will be replayed."""
     from comem_cli.resources import default_trajectories
     from comem_cli.ui import console
 
-    serving = serving_of(s)
+    serving = s.serving
     concurrencies = parse_int_list(s.concurrency, "--concurrency", minimum=1)
     ks = parse_int_list(s.k, "--k", minimum=0)
     arms = parse_arms(s.arms)
@@ -174,7 +166,7 @@ def check_paper(s: LatencySettings) -> int:
 
 def measure(s: LatencySettings) -> Measured:
     """Replay the plan at every concurrency with `s.serving` (model, local or endpoint) and return the rows."""
-    if serving_of(s) == "vllm":
+    if s.serving == "vllm":
         raise ValueError("--serving vllm is measured by vllm_replay.run_vllm, which calls measure with its engines as endpoints")
     i = prepare(s)
     plan = variants(i.arms, i.ks, s.every, s.prewarm, launch_tokens=s.launch_tokens, limits=True)
