@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from comem_cli.config import (DEFAULT_SUMMARY_CAP, AgentConfig, Arm, Backend, LargeFiles, MemoryEngine, SandboxConfig, default_of,
+from comem_cli.config import (DEFAULT_ARM, DEFAULT_SUMMARY_CAP, AgentConfig, Arm, Backend, LargeFiles, MemoryEngine, SandboxConfig, default_of,
                               memory_default)
 from comem_cli.errors import UserError
 from comem_cli.signals import default_on_signals, interrupt_on_signals
@@ -45,7 +45,7 @@ def fix(
     force: bool = typer.Option(False, "--force", help="Overwrite the branch if it exists.", rich_help_panel="Output"),
     network: bool = typer.Option(False, "--network/--no-network", help="Give the sandbox network access (off by default).", rich_help_panel="Sandbox"),
     github_api: Optional[str] = typer.Option(None, "--github-api", envvar="COMEM_GITHUB_API", help="GitHub API base (GitHub Enterprise: https://HOST/api/v3).", rich_help_panel="Run"),
-    memory: Arm = typer.Option("comem", "--memory", help="Context arm (docs/design.md).", rich_help_panel="Memory"),
+    memory: Arm = typer.Option(DEFAULT_ARM, "--memory", help="Context arm (docs/design.md).", rich_help_panel="Memory"),
     k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem: steps of summary staleness accepted before waiting rather than masking (0 = synchronous).", rich_help_panel="Memory"),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel="Memory"),
     launch_tokens: int = typer.Option(memory_default("launch_tokens"), "--launch-tokens", min=0, help="comem: launch a summary once this many raw-tail tokens are not covered by one (0: off).", rich_help_panel="Memory"),
@@ -245,6 +245,11 @@ def main() -> None:
     """Every command (fix, bench, ...) ends an interrupt signal the same way: cleaned up, then
     "comem: interrupted" and exit 130. Typer turns a KeyboardInterrupt that leaves a command into a
     silent exit 130, and an interrupted run's command exits 130 itself: both get the message here."""
+    try:  # typer carries its own copy of click (typer._click); older releases use click itself
+        from typer._click import exceptions as click
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click
+
     interrupt_on_signals()
     try:
         code = app(prog_name="comem", standalone_mode=False)  # returns the exit status; raises what it would print
@@ -259,11 +264,6 @@ def main() -> None:
     except typer.Abort:  # end of input at a prompt
         print("comem: aborted", file=sys.stderr)
         sys.exit(1)
-    try:  # typer carries its own copy of click (typer._click); older releases use click itself
-        from typer._click import exceptions as click
-    except ImportError:  # pragma: no cover
-        from click import exceptions as click
-
     except SystemExit as e:
         if e.code == EXIT_CODES["interrupted"]:
             default_on_signals()
@@ -282,13 +282,13 @@ def main() -> None:
         first = " ".join(str(e).split())[:300]
         print(f"comem: internal error: {type(e).__name__}: {first} ({where})", file=sys.stderr)
         sys.exit(1)
-
-
-def _write_traceback() -> Path | None:
     if code == EXIT_CODES["interrupted"]:
         default_on_signals()
         print("comem: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _write_traceback() -> Path | None:
     """The current exception's traceback in a per-user cache file of its own (never a shared /tmp path)."""
     import time
     import traceback

@@ -18,6 +18,7 @@ DEFAULT_MODEL = "anthropic/claude-sonnet-4-5"
 # The context arms: one vocabulary for every command, report and table (each peer is an arm).
 Arm = Literal["full", "mask", "sync", "paper", "threshold", "comem"]
 ARMS: tuple[str, ...] = get_args(Arm)
+DEFAULT_ARM: Arm = "comem"  # what `comem fix` and `comem bench` run when --memory is not given
 SUMMARIZING_ARMS: tuple[str, ...] = ("sync", "paper", "threshold", "comem")  # the arms that need a memory model
 # Memory backends (memory/backends.py says what `auto` picks).
 Backend = Literal["auto", "vllm", "openai", "transformers", "main"]

@@ -17,7 +17,9 @@ import typer
 from typer.core import TyperGroup
 
 from comem_cli.bench.datasets import BENCHMARKS
-from comem_cli.config import ARMS, DEFAULT_SUMMARY_CAP, Backend, Executor, LocalBackend, MemoryEngine, Serving, memory_default
+from comem_cli.bench.settings import BenchSettings, QualitySettings
+from comem_cli.config import ARMS, Backend, Executor, LocalBackend, MemoryEngine, Serving, default_of
+from comem_cli.latency.settings import LatencySettings
 
 MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
 ARM_LIST = ",".join(ARMS)
@@ -41,35 +43,35 @@ def _runner(name: str):
     def command(
         model: Optional[str] = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name).", rich_help_panel=MODEL),
         api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model.", rich_help_panel=MODEL),
-        memory: str = typer.Option("comem", "--memory", help=f"Arm(s), comma-separated, run on the same instances: {ARM_LIST}.", rich_help_panel=MEMORY),
-        k: str = typer.Option(str(memory_default("k")), "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
+        memory: str = typer.Option(default_of(BenchSettings, "memory"), "--memory", help=f"Arm(s), comma-separated, run on the same instances: {ARM_LIST}.", rich_help_panel=MEMORY),
+        k: str = typer.Option(default_of(BenchSettings, "k"), "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
         every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
         launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
-        raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
-        memory_backend: Backend = typer.Option(memory_default("backend"), "--memory-backend", help="Who writes the summaries (main: the main model).", rich_help_panel=MEMORY),
+        raw_budget: int = typer.Option(default_of(BenchSettings, "raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
+        memory_backend: Backend = typer.Option(default_of(BenchSettings, "memory_backend"), "--memory-backend", help="Who writes the summaries (main: the main model).", rich_help_panel=MEMORY),
         memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
         memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
-        prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
-        summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
-        workers: int = typer.Option(2, "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
+        prewarm: bool = typer.Option(default_of(BenchSettings, "prewarm"), "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+        summary_sections: int = typer.Option(default_of(BenchSettings, "summary_sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
+        workers: int = typer.Option(default_of(BenchSettings, "workers"), "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
         instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids.", rich_help_panel=RUN),
         filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids.", rich_help_panel=RUN),
         slice_: Optional[str] = typer.Option(None, "--slice", help="A:B over the (filtered) instance list.", rich_help_panel=RUN),
         redo_existing: bool = typer.Option(False, "--redo-existing", help="Run finished instances again.", rich_help_panel=RUN),
-        evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", rich_help_panel=RUN),
+        evaluate: bool = typer.Option(default_of(BenchSettings, "evaluate"), "--evaluate/--no-evaluate", rich_help_panel=RUN),
         dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instances from a json/jsonl/parquet file in the SWE-bench 5 schema (image, eval_script, log_parser, ...).", rich_help_panel=RUN),
         image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'.", rich_help_panel=RUN),
-        executor: Executor = typer.Option("threads", "--executor", help="How instances run in parallel.", rich_help_panel=RUN),
+        executor: Executor = typer.Option(default_of(BenchSettings, "executor"), "--executor", help="How instances run in parallel.", rich_help_panel=RUN),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local one).", rich_help_panel=RUN),
-        max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
-        cost_limit: float = typer.Option(3.0, "--cost-limit", min=0.0, rich_help_panel=RUN),
-        timeout: int = typer.Option(120, "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel=RUN),
-        output: Path = typer.Option(Path("bench-runs"), "--output", "-o", rich_help_panel=OUTPUT),
+        max_steps: int = typer.Option(default_of(BenchSettings, "max_steps"), "--max-steps", min=1, rich_help_panel=RUN),
+        cost_limit: float = typer.Option(default_of(BenchSettings, "cost_limit"), "--cost-limit", min=0.0, rich_help_panel=RUN),
+        timeout: int = typer.Option(default_of(BenchSettings, "timeout"), "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel=RUN),
+        output: Path = typer.Option(default_of(BenchSettings, "output"), "--output", "-o", rich_help_panel=OUTPUT),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Sub-folder of --output (default: the benchmark name); rerun with the same one to resume.", rich_help_panel=OUTPUT),
         export_dataset: Optional[Path] = typer.Option(None, "--export-dataset", help="Write the selected instances as JSONL and stop.", rich_help_panel=OUTPUT),
         evaluate_only: Optional[Path] = typer.Option(None, "--evaluate-only", help="Evaluate an existing predictions file (SWE-bench format) and stop.", rich_help_panel=OUTPUT),
     ) -> None:
-        from comem_cli.bench.run_command import BenchSettings, bench_command
+        from comem_cli.bench.run_command import bench_command
 
         settings = BenchSettings(
             name=name, model=model, api_base=api_base, memory=memory, k=k, every=every, launch_tokens=launch_tokens,
@@ -90,38 +92,37 @@ for _name in BENCHMARKS:
 
 @bench_app.command("latency")
 def latency(
-    serving: Serving = typer.Option("model", "--serving", help="model: the calibrated cost model, virtual time; local: tiny real models; endpoint: real servers; vllm: comem starts two vLLM engines.", rich_help_panel=MODEL),
+    serving: Serving = typer.Option(default_of(LatencySettings, "serving"), "--serving", help="model: the calibrated cost model, virtual time; local: tiny real models; endpoint: real servers; vllm: comem starts two vLLM engines.", rich_help_panel=MODEL),
     main_arch: Optional[str] = typer.Option(None, "--main-arch", help="vllm: main model: tiny | qwen3-0.6b | qwen3-1.7b | qwen3-4b | qwen3-8b (random weights, built once) | a model dir | an HF id (default: tiny).", rich_help_panel=MODEL),
     memory_arch: Optional[str] = typer.Option(None, "--memory-arch", help="vllm: memory model, as --main-arch (default: tiny).", rich_help_panel=MODEL),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="endpoint: the main model's served name.", rich_help_panel=MODEL),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="endpoint: the main server.", rich_help_panel=MODEL),
     memory_model: Optional[str] = typer.Option(None, "--memory-model", help="endpoint: the memory model's served name.", rich_help_panel=MODEL),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", help="endpoint: the memory server.", rich_help_panel=MODEL),
-    memory_engine: MemoryEngine = typer.Option(memory_default("memory_engine"), "--memory-engine", help="separate: extra hardware beside the main engine; main: summaries served by the main engine.", rich_help_panel=MODEL),
+    memory_engine: MemoryEngine = typer.Option(default_of(LatencySettings, "memory_engine"), "--memory-engine", help="separate: extra hardware beside the main engine; main: summaries served by the main engine.", rich_help_panel=MODEL),
     cost_param: Optional[list[str]] = typer.Option(None, "--cost-param", help="Cost-model override NAME=VALUE (main.NAME, memory.NAME or NAME for both); repeatable.", rich_help_panel=MODEL),
-    summary_tokens: int = typer.Option(1024, "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
-    summary_sections: int = typer.Option(memory_default("sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
+    summary_tokens: int = typer.Option(default_of(LatencySettings, "summary_tokens"), "--summary-tokens", min=1, help="Tokens the memory model writes per summary.", rich_help_panel=MODEL),
+    summary_sections: int = typer.Option(default_of(LatencySettings, "sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (1: one request); batching servers only.", rich_help_panel=MODEL),
     cost_params: Optional[Path] = typer.Option(None, "--cost-params", help="Cost-model parameters from this JSON file (with --calibrate-engine: where the fit is written).", rich_help_panel=MODEL),
-    memory: str = typer.Option(ARM_LIST, "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
-    k: str = typer.Option(str(memory_default("k")), "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
+    memory: str = typer.Option(default_of(LatencySettings, "arms"), "--memory", help="Arms, comma-separated (full and sync are always replayed: the ratios need them).", rich_help_panel=MEMORY),
+    k: str = typer.Option(default_of(LatencySettings, "k"), "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch period in steps (default: comem on raw-tail tokens only; sync 2).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
-    raw_budget: int = typer.Option(memory_default("raw_budget"), "--raw-budget", min=256, rich_help_panel=MEMORY),
-    prewarm: bool = typer.Option(False, "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+    raw_budget: int = typer.Option(default_of(LatencySettings, "raw_budget"), "--raw-budget", min=256, rich_help_panel=MEMORY),
+    prewarm: bool = typer.Option(default_of(LatencySettings, "prewarm"), "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
     memory_free: bool = typer.Option(False, "--memory-free", help="Only the limits: every memory model costs nothing.", rich_help_panel=MEMORY),
-    memory_workers: int = typer.Option(64, "--memory-workers", min=1, help="Memory requests in flight at once (the memory pool).", rich_help_panel=MEMORY),
+    memory_workers: int = typer.Option(default_of(LatencySettings, "workers"), "--memory-workers", min=1, help="Memory requests in flight at once (the memory pool).", rich_help_panel=MEMORY),
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable.", rich_help_panel=RUN),
-    concurrency: str = typer.Option("1,8,32,128", "--concurrency", help="Concurrent runs sharing the servers, comma-separated.", rich_help_panel=RUN),
-    max_steps: int = typer.Option(100, "--max-steps", min=1, rich_help_panel=RUN),
-    command_s: float = typer.Option(1.0, "--command-s", min=0.0, help="Seconds per command when the recording has no timings.", rich_help_panel=RUN),
+    concurrency: str = typer.Option(default_of(LatencySettings, "concurrency"), "--concurrency", help="Concurrent runs sharing the servers, comma-separated.", rich_help_panel=RUN),
+    max_steps: int = typer.Option(default_of(LatencySettings, "max_steps"), "--max-steps", min=1, rich_help_panel=RUN),
+    command_s: float = typer.Option(default_of(LatencySettings, "command_s"), "--command-s", min=0.0, help="Seconds per command when the recording has no timings.", rich_help_panel=RUN),
     calibrate: bool = typer.Option(False, "--calibrate", help="Check the cost model against the paper's GLM-4.7 figures (exit 1 if a ratio is off by > 25%).", rich_help_panel=RUN),
-    repeat: int = typer.Option(1, "--repeat", min=1, help="endpoint | vllm | local: replay the plan this many times in rounds and keep each row's fastest (wall-clock noise only adds time).", rich_help_panel=RUN),
+    repeat: int = typer.Option(default_of(LatencySettings, "repeat"), "--repeat", min=1, help="endpoint | vllm | local: replay the plan this many times in rounds and keep each row's fastest (wall-clock noise only adds time).", rich_help_panel=RUN),
     calibrate_engine: bool = typer.Option(False, "--calibrate-engine", help="vllm: fit the cost model to the engines, save it (--cost-params FILE), and print predicted vs measured.", rich_help_panel=RUN),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
     """Replay recorded trajectories and time every context arm side by side (no Docker, no agent)."""
     from comem_cli.latency.command import run
-    from comem_cli.latency.measure import LatencySettings
 
     settings = LatencySettings(
         trajectories=trajectories or [], serving=serving, concurrency=concurrency, arms=memory, k=k, every=every,
@@ -136,15 +137,15 @@ def latency(
 @bench_app.command("memory")
 def memory_quality(
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model(s), comma-separated: directory, hub id, or openai/<name> with --memory-api-base.", rich_help_panel=MODEL),
-    memory_backend: LocalBackend = typer.Option("auto", "--memory-backend", help="transformers without --memory-model: SmolLM2 on this CPU.", rich_help_panel=MODEL),
+    memory_backend: LocalBackend = typer.Option(default_of(QualitySettings, "memory_backend"), "--memory-backend", help="transformers without --memory-model: SmolLM2 on this CPU.", rich_help_panel=MODEL),
     memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model.", rich_help_panel=MODEL),
     memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell.", rich_help_panel=MODEL),
-    memory_timeout: float = typer.Option(memory_default("timeout_s"), "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
+    memory_timeout: float = typer.Option(default_of(QualitySettings, "memory_timeout"), "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
     judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
-    summary_sections: str = typer.Option(str(memory_default("sections")), "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
-    max_summary_tokens: str = typer.Option(str(DEFAULT_SUMMARY_CAP), "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
-    k: int = typer.Option(memory_default("k"), "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
+    summary_sections: str = typer.Option(",".join(map(str, default_of(QualitySettings, "sections"))), "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
+    max_summary_tokens: str = typer.Option(",".join(map(str, default_of(QualitySettings, "max_summary_tokens"))), "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
+    k: int = typer.Option(default_of(QualitySettings, "k"), "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. (default: the bundled sample)", rich_help_panel=RUN),
@@ -152,7 +153,7 @@ def memory_quality(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows (one per configuration) to this JSON file.", rich_help_panel=OUTPUT),
 ) -> None:
     """Score a memory model's summaries of recorded runs: what the agent used next that they keep."""
-    from comem_cli.bench.quality import QualitySettings, quality_command
+    from comem_cli.bench.quality import quality_command
     from comem_cli.config import parse_int_list
     from comem_cli.errors import UserError
 

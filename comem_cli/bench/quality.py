@@ -23,35 +23,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel
-
-from comem_cli.config import DEFAULT_SUMMARY_CAP, MemoryConfig
+from comem_cli.bench.settings import QualitySettings
+from comem_cli.config import MemoryConfig
 from comem_cli.errors import UserError
 from comem_cli.memory.quality import check, recall_reward, score
 from comem_cli.memory.schedule import Schedule, Submit, policy_for
 from comem_cli.views import estimate_tokens
 
 PLACEHOLDER = "(summary)"  # what the schedule is told a job returned while the cut-offs are found
-
-
-class QualitySettings(BaseModel):
-    """Everything `comem bench memory` takes; lists are compared side by side."""
-
-    trajectories: list[Path] = []
-    memory_models: list[str | None] = [None]
-    memory_backend: str = "auto"
-    memory_api_base: str | None = None
-    memory_context: int | None = None
-    sections: list[int] = [4]
-    max_summary_tokens: list[int] = [DEFAULT_SUMMARY_CAP]
-    k: int = 2
-    every: int | None = None
-    launch_tokens: int | None = None
-    max_summaries: int | None = None
-    memory_timeout: float = 300.0
-    judge_model: str | None = None
-    judge_api_base: str | None = None
-    json_out: Path | None = None
 
 
 def arm_config(settings: QualitySettings, sections: int, cap: int) -> MemoryConfig:

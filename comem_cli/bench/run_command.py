@@ -5,56 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
-
-from pydantic import BaseModel, Field
-
-from comem_cli.config import Backend, Executor
-from comem_cli.errors import UserError
-
-
-class BenchSettings(BaseModel):
-    """Everything the benchmark runner command needs, built once at the command line."""
-
-    name: str
-    model: Optional[str] = None
-    api_base: Optional[str] = None
-    memory: str = "comem"
-    k: str = "2"
-    every: Optional[int] = None
-    launch_tokens: Optional[int] = None
-    raw_budget: int = 12_000
-    memory_backend: Backend = "auto"
-    memory_model: Optional[str] = None
-    memory_api_base: Optional[str] = None
-    prewarm: bool = False
-    summary_sections: int = Field(4, ge=1, le=5)
-    workers: int = 2
-    instances: Optional[str] = None
-    filter: Optional[str] = None
-    slice: Optional[str] = None
-    redo_existing: bool = False
-    evaluate: bool = True
-    dataset: Optional[Path] = None
-    image_template: Optional[str] = None
-    executor: Executor = "threads"
-    ray_address: Optional[str] = None
-    max_steps: int = 100
-    cost_limit: float = 3.0
-    timeout: int = 120
-    output: Path = Path("bench-runs")
-    run_id: Optional[str] = None
-    export_dataset: Optional[Path] = None
-    evaluate_only: Optional[Path] = None
-
-    def k_value(self) -> int:
-        try:
-            k = int(self.k)
-        except ValueError:
-            raise UserError(f"--k takes one integer >= 0 (got {self.k!r}; a comma list only with `comem bench latency`)") from None
-        if k < 0:
-            raise UserError(f"--k must be >= 0 (got {k})")
-        return k
+from comem_cli.bench.settings import BenchSettings
 
 
 def live_display(progress, started: float):
@@ -83,7 +34,7 @@ def bench_command(s: BenchSettings) -> int:
 
     from comem_cli.bench import datasets
     from comem_cli.bench.report import bench_report, report_table
-    from comem_cli.bench.runner import BenchPlan, Predictions, ensure_images, load_backends, run_bench
+    from comem_cli.bench.runner import BenchPlan, ensure_images, load_backends, run_bench
     from comem_cli.config import DEFAULT_MODEL, AgentConfig, MemoryConfig, ModelConfig, RunConfig, SandboxConfig
     from comem_cli.ui import console
 

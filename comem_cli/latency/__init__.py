@@ -11,7 +11,8 @@ model's input by `summary_input` and `for_sections` (comem_cli/memory/transcript
 
 Modules, one concept each:
     command.py      the command: the paper check, the vLLM path, or the plan measured and shown
-    measure.py      the typed settings, `measure(settings) -> rows` and `show(rows)`
+    settings.py     the typed settings (their defaults declared there only)
+    measure.py      `measure(settings) -> rows` and `show(rows)`
     workload.py     trajectories, token counting, the token pieces of views and memory inputs
     costmodel.py    the serving engine's cost model (continuous batching, prefix cache, KV capacity)
     simulation.py   `--serving model`: the cost model in virtual time, driving the real Schedule

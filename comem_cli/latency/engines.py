@@ -22,7 +22,6 @@ vLLM, an engine that exits or is not healthy in time (the log file's path is in 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal

@@ -11,57 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
-from pydantic import BaseModel, Field
-
-from comem_cli.config import (ARMS, DEFAULT_LAUNCH_TOKENS, DEFAULT_MEMORY_WORKERS, PAPER_EVERY, PAPER_K, MemoryConfig, MemoryEngine, Serving,
-                              parse_arms, parse_int_list)
+from comem_cli.config import ARMS, DEFAULT_LAUNCH_TOKENS, PAPER_EVERY, PAPER_K, MemoryConfig, parse_arms, parse_int_list
 from comem_cli.errors import UserError
 from comem_cli.latency.costmodel import CostParams, apply_overrides
 from comem_cli.latency.results import Variant, add_ratios
-from comem_cli.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, Replay, TokenCounter, Workload, load_replays
+from comem_cli.latency.settings import LatencySettings
+from comem_cli.latency.workload import Replay, TokenCounter, Workload, load_replays
 
-DEFAULT_CONCURRENCY = "1,8,32,128"
 HARDWARE_NOTE = {
     "separate": "the memory model runs on its own engine: extra hardware beside the main engine "
                 "(--memory-engine main: summaries served by the main engine, no extra hardware)",
     "main": "summaries are served by the main engine itself (no extra hardware)",
 }
-
-
-class LatencySettings(BaseModel):
-    """Everything `comem bench latency` needs, validated at the command line's boundary."""
-
-    trajectories: list[Path] = Field(default_factory=list)
-    serving: Serving = "model"
-    concurrency: str = DEFAULT_CONCURRENCY
-    arms: str = ",".join(ARMS)
-    k: str = "2"
-    every: Optional[int] = None
-    launch_tokens: Optional[int] = None
-    raw_budget: int = 12_000
-    prewarm: Optional[bool] = False
-    memory_free: bool = False
-    memory_engine: MemoryEngine = "separate"
-    repeat: int = Field(1, ge=1)  # wall-clock servings: rounds over the plan, the fastest of each row kept
-    workers: int = DEFAULT_MEMORY_WORKERS
-    max_steps: int = 100
-    command_s: float = DEFAULT_COMMAND_S
-    summary_tokens: int = DEFAULT_SUMMARY_TOKENS
-    sections: int = Field(4, ge=1, le=5)  # requests per summary, its sections in parallel (batching servers)
-    cost_param: list[str] = Field(default_factory=list)
-    calibrate: bool = False
-    model: Optional[str] = None
-    api_base: Optional[str] = None
-    memory_model: Optional[str] = None
-    memory_api_base: Optional[str] = None
-    json_out: Optional[Path] = None
-    # --serving vllm (vllm_replay.py): engines comem starts itself, and the cost model fitted to them
-    main_arch: Optional[str] = None
-    memory_arch: Optional[str] = None
-    calibrate_engine: bool = False
-    cost_params: Optional[Path] = None
 
 
 def variants(arms: Sequence[str], ks: Sequence[int], every: int | None, prewarm: bool | None, *,

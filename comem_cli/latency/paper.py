@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from comem_cli.latency.report import print_paper_check
-    from comem_cli.latency.workload import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS, TokenCounter, load_replays
+    from comem_cli.latency.settings import DEFAULT_COMMAND_S, DEFAULT_SUMMARY_TOKENS
+    from comem_cli.latency.workload import TokenCounter, load_replays
     from comem_cli.resources import default_trajectories
 
     ap = argparse.ArgumentParser(prog="python -m comem_cli.latency")

@@ -233,7 +233,7 @@ class SimulatedContext:
             waits.append((decision.reason, decision.job.cutoff, start, clock.now))
         cutoff, mask_before, replay = decision.cutoff, decision.mask_before, self.replay
 
-        def make() -> "View":
+        def make():
             return build_view(replay.system, replay.task, steps, summary_cutoff=cutoff, mask_before=mask_before,
                               summary=self.world.workload.summary(replay, cutoff) if cutoff is not None else None)
 

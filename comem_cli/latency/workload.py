@@ -23,8 +23,6 @@ from comem_cli.views import View, estimate_tokens
 
 MESSAGE_OVERHEAD = 5  # Qwen chat template: <|im_start|>role\n ... <|im_end|>\n
 GENERATION_PROMPT = 3  # <|im_start|>assistant\n
-DEFAULT_COMMAND_S = 1.0  # a docker exec of a typical agent command (ls, grep, sed, a short test run)
-DEFAULT_SUMMARY_TOKENS = 1024
 
 
 class TokenCounter:
