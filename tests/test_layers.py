@@ -200,13 +200,18 @@ def test_no_citation_of_a_numbered_specification():
 # Command-line options that set a MemoryConfig field take their default from the model (one home).
 MEMORY_OPTIONS = {"k": "k", "raw_budget": "raw_budget", "sections": "sections", "summary_sections": "sections",
                   "max_summary_tokens": "max_summary_tokens", "launch_tokens": "launch_tokens"}
-OPTION_FILES = ("comem_cli/cli.py", "comem_cli/bench/cli_bench.py")
+OPTION_FILES = ("comem_cli/cli.py", "comem_cli/bench/cli_bench.py", "comem_cli/options.py")  # options.py: those shared by commands
 
 
 def memory_options(source: str) -> dict[str, ast.expr]:
     """`NAME: ... = typer.Option(DEFAULT, ...)` parameters named after a MemoryConfig field: "NAME line N" -> DEFAULT."""
     found = {}
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, default = node.targets[0].id.lower(), node.value  # options.py: `RAW_BUDGET = typer.Option(...)`
+            if (name in MEMORY_OPTIONS and isinstance(default, ast.Call) and isinstance(default.func, ast.Attribute)
+                    and default.func.attr == "Option" and default.args):
+                found[f"{name} line {default.lineno}"] = default.args[0]
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
         args = node.args
@@ -230,5 +235,6 @@ def test_memory_option_defaults_come_from_the_config_model():
     assert {name: written_out(d) for name, d in memory_options(sample).items()} == {"raw_budget line 1": True, "k line 1": False}
     options = {f"{path} {name}": default for path in OPTION_FILES
                for name, default in memory_options((REPO_ROOT / path).read_text(encoding="utf-8")).items()}
-    assert len(options) >= 12  # fix, train-memory, bench run, bench latency, bench memory
+    assert len(options) >= 8  # shared (options.py), train-memory, bench latency, bench memory
     assert [name for name, default in options.items() if written_out(default)] == []
+

@@ -16,12 +16,13 @@ from typing import Optional
 import typer
 from typer.core import TyperGroup
 
+from comem_cli import options as opt
 from comem_cli.bench.datasets import BENCHMARKS
 from comem_cli.bench.settings import BenchSettings, QualitySettings
 from comem_cli.config import ARMS, Backend, Executor, LocalBackend, MemoryEngine, Serving, default_of
 from comem_cli.latency.settings import LatencySettings
 
-MODEL, MEMORY, RUN, OUTPUT = "Model", "Memory", "Run control", "Output"
+MODEL, MEMORY, RUN, OUTPUT = opt.MODEL_PANEL, opt.MEMORY_PANEL, opt.RUN_PANEL, opt.OUTPUT_PANEL
 ARM_LIST = ",".join(ARMS)
 
 class _BenchGroup(TyperGroup):
@@ -41,18 +42,18 @@ bench_app = typer.Typer(no_args_is_help=True, cls=_BenchGroup,
 
 def _runner(name: str):
     def command(
-        model: Optional[str] = typer.Option(None, "--model", "-m", envvar="COMEM_MODEL", help="Main model (litellm name).", rich_help_panel=MODEL),
-        api_base: Optional[str] = typer.Option(None, "--api-base", envvar="COMEM_API_BASE", help="Base URL of an OpenAI-compatible server for --model.", rich_help_panel=MODEL),
+        model: Optional[str] = opt.MODEL,
+        api_base: Optional[str] = opt.API_BASE,
         memory: str = typer.Option(default_of(BenchSettings, "memory"), "--memory", help=f"Arm(s), comma-separated, run on the same instances: {ARM_LIST}.", rich_help_panel=MEMORY),
-        k: str = typer.Option(default_of(BenchSettings, "k"), "--k", help="comem: staleness in steps accepted before waiting rather than masking (0 = sync).", rich_help_panel=MEMORY),
-        every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only; sync 1).", rich_help_panel=MEMORY),
-        launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered by a summary (0: off; default 2000).", rich_help_panel=MEMORY),
-        raw_budget: int = typer.Option(default_of(BenchSettings, "raw_budget"), "--raw-budget", min=256, help="Most tokens of verbatim recent steps in a view.", rich_help_panel=MEMORY),
-        memory_backend: Backend = typer.Option(default_of(BenchSettings, "memory_backend"), "--memory-backend", help="Who writes the summaries (main: the main model).", rich_help_panel=MEMORY),
-        memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", rich_help_panel=MEMORY),
-        memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", rich_help_panel=MEMORY),
-        prewarm: bool = typer.Option(default_of(BenchSettings, "prewarm"), "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
-        summary_sections: int = typer.Option(default_of(BenchSettings, "summary_sections"), "--summary-sections", min=1, max=5, help="Parallel requests that write a summary's sections (vllm and openai backends; 1: one request).", rich_help_panel=MEMORY),
+        k: int = opt.K,
+        every: Optional[int] = opt.EVERY,
+        launch_tokens: int = opt.LAUNCH_TOKENS,
+        raw_budget: int = opt.RAW_BUDGET,
+        memory_backend: Backend = opt.MEMORY_BACKEND,
+        memory_model: Optional[str] = opt.MEMORY_MODEL,
+        memory_api_base: Optional[str] = opt.MEMORY_API_BASE,
+        prewarm: bool = opt.PREWARM,
+        summary_sections: int = opt.SUMMARY_SECTIONS,
         workers: int = typer.Option(default_of(BenchSettings, "workers"), "--workers", "-w", min=1, help="Instances run in parallel (one container each).", rich_help_panel=RUN),
         instances: Optional[str] = typer.Option(None, "--instances", help="Comma-separated instance ids.", rich_help_panel=RUN),
         filter: Optional[str] = typer.Option(None, "--filter", help="Regex on instance ids.", rich_help_panel=RUN),
@@ -63,9 +64,9 @@ def _runner(name: str):
         image_template: Optional[str] = typer.Option(None, "--image-template", help="Instance image, e.g. 'myreg/sweb.eval.{id_docker}:latest'.", rich_help_panel=RUN),
         executor: Executor = typer.Option(default_of(BenchSettings, "executor"), "--executor", help="How instances run in parallel.", rich_help_panel=RUN),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: start a local one).", rich_help_panel=RUN),
-        max_steps: int = typer.Option(default_of(BenchSettings, "max_steps"), "--max-steps", min=1, rich_help_panel=RUN),
-        cost_limit: float = typer.Option(default_of(BenchSettings, "cost_limit"), "--cost-limit", min=0.0, rich_help_panel=RUN),
-        timeout: int = typer.Option(default_of(BenchSettings, "timeout"), "--timeout", min=1, help="Per-command timeout in seconds.", rich_help_panel=RUN),
+        max_steps: int = opt.MAX_STEPS,
+        cost_limit: float = opt.COST_LIMIT,
+        timeout: int = opt.TIMEOUT,
         output: Path = typer.Option(default_of(BenchSettings, "output"), "--output", "-o", rich_help_panel=OUTPUT),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="Sub-folder of --output (default: the benchmark name); rerun with the same one to resume.", rich_help_panel=OUTPUT),
         export_dataset: Optional[Path] = typer.Option(None, "--export-dataset", help="Write the selected instances as JSONL and stop.", rich_help_panel=OUTPUT),
@@ -108,8 +109,8 @@ def latency(
     k: str = typer.Option(default_of(LatencySettings, "k"), "--k", help="comem's k, a comma list (e.g. 1,2,4).", rich_help_panel=MEMORY),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch period in steps (default: comem on raw-tail tokens only; sync 2).", rich_help_panel=MEMORY),
     launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
-    raw_budget: int = typer.Option(default_of(LatencySettings, "raw_budget"), "--raw-budget", min=256, rich_help_panel=MEMORY),
-    prewarm: bool = typer.Option(default_of(LatencySettings, "prewarm"), "--prewarm/--no-prewarm", help="Pre-warm the main model's cache with each swapped prompt.", rich_help_panel=MEMORY),
+    raw_budget: int = opt.RAW_BUDGET,
+    prewarm: bool = opt.PREWARM,
     memory_free: bool = typer.Option(False, "--memory-free", help="Only the limits: every memory model costs nothing.", rich_help_panel=MEMORY),
     memory_workers: int = typer.Option(default_of(LatencySettings, "workers"), "--memory-workers", min=1, help="Memory requests in flight at once (the memory pool).", rich_help_panel=MEMORY),
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs to replay (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable.", rich_help_panel=RUN),
@@ -138,16 +139,16 @@ def latency(
 def memory_quality(
     memory_model: Optional[str] = typer.Option(None, "--memory-model", envvar="COMEM_MEMORY_MODEL", help="Memory model(s), comma-separated: directory, hub id, or openai/<name> with --memory-api-base.", rich_help_panel=MODEL),
     memory_backend: LocalBackend = typer.Option(default_of(QualitySettings, "memory_backend"), "--memory-backend", help="transformers without --memory-model: SmolLM2 on this CPU.", rich_help_panel=MODEL),
-    memory_api_base: Optional[str] = typer.Option(None, "--memory-api-base", envvar="COMEM_MEMORY_API_BASE", help="Base URL of an OpenAI-compatible server for the memory model.", rich_help_panel=MODEL),
-    memory_context: Optional[int] = typer.Option(None, "--memory-context", min=512, help="The memory model's window in tokens, where its backend cannot tell.", rich_help_panel=MODEL),
-    memory_timeout: float = typer.Option(default_of(QualitySettings, "memory_timeout"), "--memory-timeout", min=0.1, help="Give up on a summary request after this many seconds.", rich_help_panel=MODEL),
+    memory_api_base: Optional[str] = opt.MEMORY_API_BASE,
+    memory_context: Optional[int] = opt.MEMORY_CONTEXT,
+    memory_timeout: float = opt.MEMORY_TIMEOUT,
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="A main model (litellm name) that acts on the full and the summary view: action_consistency.", rich_help_panel=MODEL),
     judge_api_base: Optional[str] = typer.Option(None, "--judge-api-base", help="Base URL of an OpenAI-compatible server for --judge-model.", rich_help_panel=MODEL),
     summary_sections: str = typer.Option(",".join(map(str, default_of(QualitySettings, "sections"))), "--summary-sections", help="Section requests per summary, a comma list compared side by side (e.g. 1,4).", rich_help_panel=MEMORY),
     max_summary_tokens: str = typer.Option(",".join(map(str, default_of(QualitySettings, "max_summary_tokens"))), "--max-summary-tokens", help="Caps, a comma list compared side by side (e.g. 512,2048).", rich_help_panel=MEMORY),
-    k: int = typer.Option(default_of(QualitySettings, "k"), "--k", min=0, help="comem's k: the swap-time check looks at the k steps after each cut-off.", rich_help_panel=MEMORY),
-    every: Optional[int] = typer.Option(None, "--every", min=1, help="Launch a summary every N steps (default: comem on raw-tail tokens only).", rich_help_panel=MEMORY),
-    launch_tokens: Optional[int] = typer.Option(None, "--launch-tokens", min=0, help="comem: launch once this many raw-tail tokens are not covered (0: off; default 2000).", rich_help_panel=MEMORY),
+    k: int = opt.K,
+    every: Optional[int] = opt.EVERY,
+    launch_tokens: int = opt.LAUNCH_TOKENS,
     trajectories: Optional[list[Path]] = typer.Option(None, "--trajectories", help="Recorded runs (comem run folders, mini-swe-agent *.traj.json, or folders of them); repeatable. (default: the bundled sample)", rich_help_panel=RUN),
     max_summaries: Optional[int] = typer.Option(None, "--max-summaries", min=1, help="At most N summaries per trajectory (evenly spread over its cut-offs), to bound a slow model.", rich_help_panel=RUN),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the rows (one per configuration) to this JSON file.", rich_help_panel=OUTPUT),

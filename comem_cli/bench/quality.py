@@ -35,8 +35,8 @@ PLACEHOLDER = "(summary)"  # what the schedule is told a job returned while the 
 
 def arm_config(settings: QualitySettings, sections: int, cap: int) -> MemoryConfig:
     """The comem arm as `comem fix` would run it with these options (its cut-offs, its cap)."""
-    launch = {} if settings.launch_tokens is None else {"launch_tokens": settings.launch_tokens}
-    return MemoryConfig(arm="comem", k=settings.k, every=settings.every, max_summary_tokens=cap, sections=sections, **launch)
+    return MemoryConfig(arm="comem", k=settings.k, every=settings.every, launch_tokens=settings.launch_tokens,
+                        max_summary_tokens=cap, sections=sections)
 
 
 def cutoffs(config: MemoryConfig, steps: Sequence[Any]) -> list[int]:

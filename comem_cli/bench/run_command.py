@@ -41,7 +41,7 @@ def bench_command(s: BenchSettings) -> int:
     from comem_cli.config import parse_arms
 
     arms = parse_arms(s.memory)
-    k = s.k_value()
+    k = s.k
     instances = datasets.select(datasets.load_instances(s.name, s.dataset),
                                 ids=[i.strip() for i in s.instances.split(",")] if s.instances else None,
                                 pattern=s.filter, slice_spec=s.slice)
@@ -54,7 +54,7 @@ def bench_command(s: BenchSettings) -> int:
         sandbox=SandboxConfig(command_timeout_s=s.timeout),
         agent=AgentConfig(max_steps=s.max_steps, cost_limit=s.cost_limit),
         memory=MemoryConfig(k=k, every=s.every, raw_budget=s.raw_budget,
-                            **({} if s.launch_tokens is None else {"launch_tokens": s.launch_tokens}), backend=s.memory_backend,
+                            launch_tokens=s.launch_tokens, backend=s.memory_backend,
                             model=s.memory_model, api_base=s.memory_api_base, prewarm=bool(s.prewarm),
                             sections=s.summary_sections),
     )

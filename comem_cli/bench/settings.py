@@ -10,7 +10,6 @@ from typing import Optional
 from pydantic import BaseModel, Field
 
 from comem_cli.config import DEFAULT_ARM, DEFAULT_SUMMARY_CAP, AgentConfig, Backend, Executor, LocalBackend, SandboxConfig, default_of, memory_default
-from comem_cli.errors import UserError
 
 
 class BenchSettings(BaseModel):
@@ -20,9 +19,9 @@ class BenchSettings(BaseModel):
     model: Optional[str] = None
     api_base: Optional[str] = None
     memory: str = DEFAULT_ARM  # arms, comma-separated
-    k: str = str(memory_default("k"))
+    k: int = Field(memory_default("k"), ge=0)
     every: Optional[int] = None
-    launch_tokens: Optional[int] = None
+    launch_tokens: int = Field(memory_default("launch_tokens"), ge=0)
     raw_budget: int = memory_default("raw_budget")
     memory_backend: Backend = memory_default("backend")
     memory_model: Optional[str] = None
@@ -47,15 +46,6 @@ class BenchSettings(BaseModel):
     export_dataset: Optional[Path] = None
     evaluate_only: Optional[Path] = None
 
-    def k_value(self) -> int:
-        try:
-            k = int(self.k)
-        except ValueError:
-            raise UserError(f"--k takes one integer >= 0 (got {self.k!r}; a comma list only with `comem bench latency`)") from None
-        if k < 0:
-            raise UserError(f"--k must be >= 0 (got {k})")
-        return k
-
 
 class QualitySettings(BaseModel):
     """Everything `comem bench memory` takes; lists are compared side by side."""
@@ -69,7 +59,7 @@ class QualitySettings(BaseModel):
     max_summary_tokens: list[int] = [DEFAULT_SUMMARY_CAP]
     k: int = memory_default("k")
     every: int | None = None
-    launch_tokens: int | None = None
+    launch_tokens: int = Field(memory_default("launch_tokens"), ge=0)
     max_summaries: int | None = None
     memory_timeout: float = memory_default("timeout_s")
     judge_model: str | None = None
