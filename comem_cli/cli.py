@@ -18,6 +18,7 @@ from comem_cli.config import (DEFAULT_ARM, DEFAULT_SUMMARY_CAP, AgentConfig, Arm
 from comem_cli import options as opt
 from comem_cli.errors import UserError
 from comem_cli.signals import default_on_signals, interrupt_on_signals
+from comem_cli.train.settings import train_choices, train_default
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="comem: a coding agent whose prompt stays short while a small memory model summarizes in the background.")
@@ -164,40 +165,42 @@ def report(
 @app.command("train-memory")
 def train_memory(
     rollouts: Optional[list[Path]] = typer.Option(None, "--rollouts", help="comem run/bench dirs or other agents' trajectories (mini-swe-agent .traj.json, maybe .gz); repeatable. (default: the bundled sample of 32 real runs)"),
-    output: Path = typer.Option(Path("memory-model"), "--output", "-o", help="Checkpoints, final/, train_report.json, reward_curve.png."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=f"Checkpoints, final/, train_report.json, reward_curve.png. (default: {train_default('output')})"),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Model to start from: hub id, local directory, or smollm2 (SmolLM2-135M-Instruct, offline)."),
     policy_model: Optional[str] = typer.Option(None, "--policy-model", help="Frozen policy for --reward action: litellm name or local model directory."),
     policy_api_base: Optional[str] = typer.Option(None, "--policy-api-base"),
-    reward: Optional[str] = typer.Option(None, "--reward", help="GRPO reward: action (the policy acts on the summary as it did on the full history) | recall (the facts the agent used later, as comem bench memory scores them; no model) (default: action with --policy-model, else recall)."),
-    stage: Optional[str] = typer.Option(None, "--stage", help="sft | grpo (default: sft when --teacher is given, then grpo)."),
+    reward: Optional[str] = typer.Option(None, "--reward", metavar="[" + "|".join(train_choices("reward")) + "]", help="GRPO reward: action (the policy acts on the summary as it did on the full history) | recall (the facts the agent used later, as comem bench memory scores them; no model) (default: action with --policy-model, else recall)."),
+    stage: Optional[str] = typer.Option(None, "--stage", metavar="[" + "|".join(train_choices("stage")) + "]", help="Run one stage only (default: sft when --teacher is given or the runs recorded summaries, then grpo)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="SFT warm-up summaries: extractive (written by rules from the steps, no model) or a litellm model."),
     teacher_api_base: Optional[str] = typer.Option(None, "--teacher-api-base"),
-    k: int = typer.Option(memory_default("k"), "--k", min=1, help="Train with lags j = 1..k (as the pipeline infers)."),
-    only_resolved: bool = typer.Option(False, "--only-resolved", help="Only runs whose evaluation says resolved."),
-    group_size: int = typer.Option(16, "--group-size", min=2),
-    lr: float = typer.Option(1e-6, "--lr"),
-    kl: float = typer.Option(0.01, "--kl"),
-    max_summary_tokens: int = typer.Option(DEFAULT_SUMMARY_CAP, "--max-summary-tokens", min=8, help="Most tokens of a summary, in training as in comem fix."),
-    steps: int = typer.Option(100, "--steps", min=1, help="GRPO steps (and SFT steps unless --sft-steps)."),
-    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", min=1, help="SFT warm-up steps (default: --steps)."),
+    k: Optional[int] = typer.Option(None, "--k", help=f"Train with lags j = 1..k (as the pipeline infers). (default: {train_default('k')})"),
+    only_resolved: Optional[bool] = typer.Option(None, "--only-resolved/--all-runs", help=f"Only runs whose evaluation says resolved. (default: {'--only-resolved' if train_default('only_resolved') else '--all-runs'})"),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help=f"GRPO: summaries drawn per prompt, compared within the group. (default: {train_default('group_size')})"),
+    lr: Optional[float] = typer.Option(None, "--lr", help=f"GRPO learning rate. (default: {train_default('lr')})"),
+    kl: Optional[float] = typer.Option(None, "--kl", help=f"GRPO: weight of the KL to the starting model. (default: {train_default('kl')})"),
+    max_summary_tokens: Optional[int] = typer.Option(None, "--max-summary-tokens", help=f"Most tokens of a summary, in training as in comem fix. (default: {train_default('max_summary_tokens')})"),
+    steps: Optional[int] = typer.Option(None, "--steps", help=f"GRPO steps (and SFT steps unless --sft-steps). (default: {train_default('steps')})"),
+    sft_steps: Optional[int] = typer.Option(None, "--sft-steps", help="SFT warm-up steps (default: --steps)."),
     sft_lr: Optional[float] = typer.Option(None, "--sft-lr", help="SFT learning rate (default: --lr, at least 1e-5)."),
-    lora: bool = typer.Option(False, "--lora/--full", help="LoRA adapters (merged into final/) or full fine-tuning."),
-    save_every: int = typer.Option(50, "--save-every", min=1),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint under --output."),
-    max_history_tokens: Optional[int] = typer.Option(16000, "--max-history-tokens", help="Cap the memory model's input (oldest steps dropped)."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", min=64, help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) (default: the base model's context minus --max-summary-tokens)."),
-    max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples."),
-    eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.0, max=0.9, help="Share of the rollouts' tasks held out (never trained on) when no --eval-trajectories are given."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help=f"LoRA adapters (merged into final/) or full fine-tuning. (default: {'--lora' if train_default('lora') else '--full'})"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help=f"Save a checkpoint every this many steps. (default: {train_default('save_every')})"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help=f"Continue from the last checkpoint under --output. (default: {'--resume' if train_default('resume') else '--no-resume'})"),
+    max_history_tokens: Optional[int] = typer.Option(None, "--max-history-tokens", help=f"Cap the memory model's input (oldest steps dropped). (default: {train_default('max_history_tokens')})"),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help="Bound every memory-model prompt (task cut, oldest steps dropped, too-long samples left out) (default: the base model's context minus --max-summary-tokens)."),
+    max_per_trajectory: Optional[int] = typer.Option(None, "--max-per-trajectory", help="Keep a random subset of each run's samples (default: all)."),
+    eval_fraction: Optional[float] = typer.Option(None, "--eval-fraction", help=f"Share of the rollouts' tasks held out (never trained on) when no --eval-trajectories are given, 0 to 0.9. (default: {train_default('eval_fraction')})"),
     eval_trajectories: Optional[list[Path]] = typer.Option(None, "--eval-trajectories", help="Held-out runs for the evaluation (their tasks are never trained on); repeatable (default: the --eval-fraction split)."),
-    eval_samples: int = typer.Option(8, "--eval-samples", min=0, help="Summaries per model in the held-out evaluation (comem bench memory on the base model and each checkpoint; 0: none)."),
-    seed: int = typer.Option(0, "--seed"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print sample statistics and stop."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (small models on a busy CPU run faster with 1)."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help=f"Summaries per model in the held-out evaluation (comem bench memory on the base model and each checkpoint; 0: none). (default: {train_default('eval_samples')})"),
+    seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed: samples drawn, the held-out split, training. (default: {train_default('seed')})"),
+    dry_run: Optional[bool] = typer.Option(None, "--dry-run/--no-dry-run", help=f"Print sample statistics and stop. (default: {'--dry-run' if train_default('dry_run') else '--no-dry-run'})"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (small models on a busy CPU run faster with 1) (default: torch's)."),
 ):
     """Train the memory model on recorded runs: SFT warm-up, then GRPO (reward: the policy acts as it did with full history, or the recall of the facts used later), evaluated before and after on held-out runs."""
+    given = dict(locals())  # the options; None: not given, TrainSettings' default holds
     from comem_cli.train.cli_train import train_memory_command
+    from comem_cli.train.settings import train_settings
 
-    raise typer.Exit(train_memory_command(dict(locals())))
+    raise typer.Exit(train_memory_command(train_settings(given)))
 
 
 @sandbox_app.command("build")

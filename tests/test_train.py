@@ -24,12 +24,14 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from comem_cli.devices import cuda_available
 from comem_cli.errors import UserError
 from comem_cli.replay_server import ScriptedServer
 from comem_cli.train.common import last_complete_checkpoint
 from comem_cli.train.grpo import evaluate_reward, train_grpo
+from comem_cli.train.settings import GRPOSettings, SFTSettings
 from comem_cli.train.policy import (
     LitellmPolicy, LocalPolicy, PolicyContextOverflow, PolicyError, ProgramPolicy, make_policy,
 )
@@ -192,8 +194,8 @@ def test_grpo_learns_the_toy_task_on_held_out_samples(tiny, tmp_path):
     policy = ProgramPolicy(known_file_policy, name="toy")
     logged: list[dict] = []
     out = tmp_path / "grpo"
-    report = train_grpo(train, held_out, base_model=tiny, policy=policy, output_dir=out, group_size=8, lr=1e-2,
-                        kl=0.01, max_summary_tokens=16, steps=40, save_every=20, seed=0, on_log=logged.append,
+    settings = GRPOSettings(group_size=8, lr=1e-2, kl=0.01, max_summary_tokens=16, steps=40, save_every=20, seed=0)
+    report = train_grpo(train, held_out, settings, base_model=tiny, policy=policy, output_dir=out, on_log=logged.append,
                         prompt_fn=short_prompt)
     before, after = report["eval_reward_before"], report["eval_reward_after"]
     print(f"toy task: held-out reward {before:.3f} -> {after:.3f} after {report['steps_done']} steps "
@@ -218,8 +220,8 @@ def test_grpo_learns_the_toy_task_on_held_out_samples(tiny, tmp_path):
 def test_final_checkpoint_loads_in_the_memory_backend(tiny, tmp_path):
     out = tmp_path / "grpo"
     policy = ProgramPolicy(known_file_policy)
-    train_grpo(toy_samples(4, 3, "b"), [], base_model=tiny, policy=policy, output_dir=out, group_size=4, lr=1e-3,
-               kl=0.0, max_summary_tokens=8, steps=1, seed=0)
+    train_grpo(toy_samples(4, 3, "b"), [], GRPOSettings(group_size=4, lr=1e-3, kl=0.0, max_summary_tokens=8, steps=1, seed=0),
+               base_model=tiny, policy=policy, output_dir=out)
     messages = memory_input(toy_samples(1, 4, "c")[0])
     try:
         from comem_cli.memory.hf import TransformersBackend
@@ -238,11 +240,12 @@ def test_failing_policy_endpoint_keeps_the_previous_checkpoint_and_resume_contin
     out = tmp_path / "grpo"
     train, held_out = toy_samples(6, 7, "r"), toy_samples(2, 8, "s")
     program = ProgramPolicy(hashed_file_policy)  # rewards vary within groups: every step changes the weights
-    common = dict(base_model=tiny, output_dir=out, group_size=4, lr=1e-2, kl=0.05, max_summary_tokens=16, seed=0,
-                  garbage_reward=None)  # every summary goes to the policy: a predictable number of calls
+    common = dict(base_model=tiny, output_dir=out)
+    settings = GRPOSettings(group_size=4, lr=1e-2, kl=0.05, max_summary_tokens=16, seed=0,
+                            garbage_reward=None)  # every summary goes to the policy: a predictable number of calls
 
     # 1. a successful run leaves final/ and its report
-    first = train_grpo(train, held_out, policy=program, steps=2, save_every=10, **common)
+    first = train_grpo(train, held_out, settings.model_copy(update={"steps": 2, "save_every": 10}), policy=program, **common)
     assert first["steps_done"] == 2 and first["config"]["kl"] == 0.05
     final_digest, report_text = tree_digest(out / "final"), (out / "train_report.json").read_text()
 
@@ -259,7 +262,7 @@ def test_failing_policy_endpoint_keeps_the_previous_checkpoint_and_resume_contin
         live["server"] = server
         failing = LitellmPolicy("openai/policy", api_base=server.url, retries=0, timeout_s=10)
         with pytest.raises(PolicyError) as err:
-            train_grpo(train, held_out, policy=failing, steps=20, save_every=1, **common)
+            train_grpo(train, held_out, settings.model_copy(update={"steps": 20, "save_every": 1}), policy=failing, **common)
     message = str(err.value)
     assert "\n" not in message and message.startswith("policy model openai/policy failed"), message
     assert tree_digest(out / "final") == final_digest  # the previous final checkpoint, untouched
@@ -271,8 +274,8 @@ def test_failing_policy_endpoint_keeps_the_previous_checkpoint_and_resume_contin
     # 3. resume continues from that checkpoint (with a working policy) up to the requested steps
     done_before = int(last.name.split("-")[1])
     seen: list[int] = []
-    resumed = train_grpo(train, held_out, policy=program, steps=done_before + 2, save_every=1, resume=True,
-                         on_log=lambda r: seen.append(r["step"]), **common)
+    resumed = train_grpo(train, held_out, settings.model_copy(update={"steps": done_before + 2, "save_every": 1, "resume": True}),
+                         policy=program, on_log=lambda r: seen.append(r["step"]), **common)
     assert resumed["resumed_from"] == str(last)
     assert seen == [done_before + 1, done_before + 2]
     assert [s["step"] for s in resumed["steps"]] == list(range(1, done_before + 3))  # history kept across the resume
@@ -284,9 +287,10 @@ def test_lora_is_merged_into_a_plain_checkpoint(tiny, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "lora"
-    train_grpo(toy_samples(4, 9, "q"), [], base_model=tiny, policy=ProgramPolicy(hashed_file_policy), output_dir=out,
-               group_size=4, lr=5e-2, kl=0.0, max_summary_tokens=16, steps=2, lora=True, lora_r=4, seed=0,
-               prompt_fn=short_prompt, garbage_reward=None)
+    settings = GRPOSettings(group_size=4, lr=5e-2, kl=0.0, max_summary_tokens=16, steps=2, lora=True, lora_r=4, seed=0,
+                            garbage_reward=None)
+    train_grpo(toy_samples(4, 9, "q"), [], settings, base_model=tiny, policy=ProgramPolicy(hashed_file_policy), output_dir=out,
+               prompt_fn=short_prompt)
     assert not (out / "final" / "adapter_config.json").exists()
     base, merged = load_file(tiny / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert set(base) == set(merged)  # same parameter names: plain from_pretrained loads it
@@ -297,10 +301,17 @@ def test_bad_inputs_are_user_errors(tiny, tmp_path):
     policy = ProgramPolicy(known_file_policy)
     with pytest.raises(UserError, match="no training samples"):
         train_grpo([], [], base_model=tiny, policy=policy, output_dir=tmp_path / "a")
-    with pytest.raises(UserError, match="group-size"):
-        train_grpo(toy_samples(1, 0, "x"), [], base_model=tiny, policy=policy, output_dir=tmp_path / "a", group_size=1)
+    with pytest.raises(ValidationError, match="group_size"):
+        GRPOSettings(group_size=1)  # GRPO compares summaries within a group
+    with pytest.raises(UserError, match="group-size"):  # settings that were never validated
+        train_grpo(toy_samples(1, 0, "x"), [], GRPOSettings.model_construct(group_size=1), base_model=tiny, policy=policy,
+                   output_dir=tmp_path / "a")
+    with pytest.raises(UserError, match="micro batch size 3 must divide"):
+        train_grpo(toy_samples(1, 0, "x"), [], GRPOSettings(group_size=4, micro_batch_size=3), base_model=tiny,
+                   policy=policy, output_dir=tmp_path / "a")
     with pytest.raises(UserError, match="no complete checkpoint"):
-        train_grpo(toy_samples(1, 0, "x"), [], base_model=tiny, policy=policy, output_dir=tmp_path / "b", resume=True)
+        train_grpo(toy_samples(1, 0, "x"), [], GRPOSettings(resume=True), base_model=tiny, policy=policy,
+                   output_dir=tmp_path / "b")
     with pytest.raises(UserError, match="cannot load base model"):
         train_grpo(toy_samples(1, 0, "x"), [], base_model=tmp_path / "missing", policy=policy, output_dir=tmp_path / "c")
 
@@ -318,8 +329,8 @@ def test_sft_learns_teacher_summaries(tiny, tmp_path):
 
     train, held_out = toy_pairs(toy_samples(24, 11, "f")), toy_pairs(toy_samples(8, 12, "g"))
     losses: list[float] = []
-    report = train_sft(train, base_model=tiny, output_dir=tmp_path / "sft", lr=1e-2, steps=30, batch_size=4,
-                       seed=0, eval_pairs=held_out, on_log=lambda r: losses.append(r["loss"]))
+    report = train_sft(train, SFTSettings(lr=1e-2, steps=30, batch_size=4, seed=0), base_model=tiny,
+                       output_dir=tmp_path / "sft", eval_pairs=held_out, on_log=lambda r: losses.append(r["loss"]))
     print(f"SFT: held-out summary loss {report['eval_loss_before']:.2f} -> {report['eval_loss_after']:.2f}")
     assert report["eval_loss_after"] < 0.5 * report["eval_loss_before"]
     assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
@@ -362,9 +373,9 @@ def test_grpo_generates_with_vllm_on_a_gpu(tiny, tmp_path):
     if not cuda_available():
         pytest.skip("needs a CUDA GPU")
     pytest.importorskip("vllm")
-    report = train_grpo(toy_samples(8, 14, "v"), toy_samples(4, 15, "w"), base_model=tiny,
-                        policy=ProgramPolicy(known_file_policy), output_dir=tmp_path / "vllm", group_size=4, lr=1e-3,
-                        kl=0.01, max_summary_tokens=16, steps=3, seed=0, use_vllm=True,
-                        vllm_gpu_memory_utilization=0.2)
+    settings = GRPOSettings(group_size=4, lr=1e-3, kl=0.01, max_summary_tokens=16, steps=3, seed=0, use_vllm=True,
+                            vllm_gpu_memory_utilization=0.2)
+    report = train_grpo(toy_samples(8, 14, "v"), toy_samples(4, 15, "w"), settings, base_model=tiny,
+                        policy=ProgramPolicy(known_file_policy), output_dir=tmp_path / "vllm")
     assert report["config"]["use_vllm"] and report["steps_done"] == 3
     assert (tmp_path / "vllm" / "final" / "config.json").is_file()

@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from comem_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from comem_cli.train.settings import TrainSettings
 
 SMOLLM2 = "smollm2"  # --base-model: the CPU default memory model, offline
 EXTRACTIVE = "extractive"  # --teacher: the built-in rule-based teacher (train/teacher.py), no model
@@ -224,7 +227,7 @@ class Evaluation:
 # The command
 
 
-def sft_pairs(o: dict[str, Any], train: list, train_trajectories: list, progress) -> list:
+def sft_pairs(o: TrainSettings, train: list, train_trajectories: list, progress) -> list:
     """The SFT warm-up's (messages, summary) pairs: the extractive teacher, a teacher model, or the
     summaries recorded in comem runs."""
     from comem_cli.train.grpo import recall_samples
@@ -232,13 +235,13 @@ def sft_pairs(o: dict[str, Any], train: list, train_trajectories: list, progress
     from comem_cli.train.sft import recorded_summaries, teacher_summaries
     from comem_cli.train.teacher import extractive_summary
 
-    if o["teacher"] == EXTRACTIVE:
-        budget = max(16, o["max_summary_tokens"] * 3 // 4)  # room left for a tokenizer that counts more than the estimate
+    if o.teacher == EXTRACTIVE:
+        budget = max(16, o.max_summary_tokens * 3 // 4)  # room left for a tokenizer that counts more than the estimate
         return [(memory_input(s), extractive_summary(s.task, s.history, first_index=s.history_start, max_tokens=budget))
                 for s in recall_samples(train)]
-    if o["teacher"]:
+    if o.teacher:
         task = progress.add_task("teacher summaries", total=len(train))
-        return teacher_summaries(train, o["teacher"], o["teacher_api_base"], max_tokens=o["max_summary_tokens"],
+        return teacher_summaries(train, o.teacher, o.teacher_api_base, max_tokens=o.max_summary_tokens,
                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     return recorded_summaries(train_trajectories)
 
@@ -260,28 +263,25 @@ def sft_done(folder: Path, steps: int) -> bool:
     return isinstance(report, dict) and (folder / "final" / "config.json").is_file() and report.get("steps_done", 0) >= steps
 
 
-def train_memory_command(o: dict[str, Any]) -> int:
+def train_memory_command(settings: TrainSettings) -> int:
+    """`comem train-memory` with its settings (checked by the model: the stage and the reward are among
+    their choices, every number within its bounds)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from comem_cli.train.grpo import REWARDS
     from comem_cli.train.policy import PolicyError
     from comem_cli.ui import console
 
-    if o["stage"] not in (None, "sft", "grpo"):
-        raise UserError(f"--stage must be sft or grpo (got {o['stage']!r})")
-    reward = o["reward"] or ("action" if o["policy_model"] else "recall")
-    if reward not in REWARDS:
-        raise UserError(f"--reward must be one of {', '.join(REWARDS)} (got {reward!r})")
-    if o.get("threads"):
+    reward = settings.grpo_reward
+    if settings.threads:
         import torch
 
-        torch.set_num_threads(o["threads"])
-    output = Path(o["output"])
+        torch.set_num_threads(settings.threads)
+    output = Path(settings.output)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), console=console)
     try:
         with progress:
-            return _train(o, reward, output, progress, console)
+            return _train(settings, reward, output, progress, console)
     except PolicyError as e:
         raise UserError(f"training stopped, the previous checkpoint is intact: {e}") from None
     except ImportError as e:
@@ -300,31 +300,31 @@ def base_model(name: str | None) -> str | None:
         raise UserError(f"--base-model smollm2: {' '.join(str(e).split())[:200]}") from None
 
 
-def _train(o: dict[str, Any], reward: str, output: Path, progress, console) -> int:
-    o = {**o, "base_model": base_model(o["base_model"])}
-    max_prompt_tokens, count_tokens = prompt_bound(o["base_model"], o.get("max_prompt_tokens"), o["max_summary_tokens"])
+def _train(o: TrainSettings, reward: str, output: Path, progress, console) -> int:
+    o = o.model_copy(update={"base_model": base_model(o.base_model)})
+    max_prompt_tokens, count_tokens = prompt_bound(o.base_model, o.max_prompt_tokens, o.max_summary_tokens)
 
     def bar(total: int) -> Callable[[], None]:
         task = progress.add_task("building samples", total=total)
         return lambda: progress.advance(task)
 
-    loaded = load_samples(o["rollouts"], k=o["k"], only_resolved=o["only_resolved"], max_history_tokens=o["max_history_tokens"],
-                          max_per_trajectory=o["max_per_trajectory"], eval_fraction=o["eval_fraction"], seed=o["seed"],
+    loaded = load_samples(o.rollouts, k=o.k, only_resolved=o.only_resolved, max_history_tokens=o.max_history_tokens,
+                          max_per_trajectory=o.max_per_trajectory, eval_fraction=o.eval_fraction, seed=o.seed,
                           console=console, max_prompt_tokens=max_prompt_tokens, count_tokens=count_tokens,
-                          eval_trajectories=o.get("eval_trajectories"), progress=bar)
+                          eval_trajectories=o.eval_trajectories, progress=bar)
     console.print(stats_table(loaded.samples, loaded.train, loaded.evaluation))
-    if o["dry_run"]:
+    if o.dry_run:
         return 0
-    if not o["base_model"]:
+    if not o.base_model:
         raise UserError("--base-model is required to train (a hub id or a local model directory)")
-    teacher = o["teacher"]
-    pairs = sft_pairs(o, loaded.train, loaded.train_trajectories, progress) if o["stage"] != "grpo" else []
+    teacher = o.teacher
+    pairs = sft_pairs(o, loaded.train, loaded.train_trajectories, progress) if o.stage != "grpo" else []
     if not teacher and pairs:
         console.print(f"{len(pairs)} summaries recorded in comem runs (training tasks only) for the SFT warm-up")
-    stages = [o["stage"]] if o["stage"] else (["sft"] if teacher or pairs else []) + ["grpo"]
+    stages = [o.stage] if o.stage else (["sft"] if teacher or pairs else []) + ["grpo"]
     if "sft" in stages and not pairs:
         raise UserError("--stage sft needs --teacher (extractive, or a model) or comem runs with recorded summaries")
-    if "grpo" in stages and reward == "action" and not o["policy_model"]:
+    if "grpo" in stages and reward == "action" and not o.policy_model:
         raise UserError("GRPO with --reward action needs --policy-model (a litellm model name, with --policy-api-base, "
                         "or a local model directory); --reward recall needs none")
     if "grpo" in stages and reward == "recall":
@@ -336,20 +336,20 @@ def _train(o: dict[str, Any], reward: str, output: Path, progress, console) -> i
         if not kept:
             raise UserError("--reward recall: no training sample covers a fact the agent used later")
     output.mkdir(parents=True, exist_ok=True)
-    evaluation = Evaluation(loaded.eval_trajectories, most=o["eval_samples"], k=o["k"],
-                            max_summary_tokens=o["max_summary_tokens"], max_prompt_tokens=max_prompt_tokens,
-                            seed=o["seed"], output=output, resume=o["resume"])
+    evaluation = Evaluation(loaded.eval_trajectories, most=o.eval_samples, k=o.k,
+                            max_summary_tokens=o.max_summary_tokens, max_prompt_tokens=max_prompt_tokens,
+                            seed=o.seed, output=output, resume=o.resume)
     console.print(evaluation.describe() if evaluation.enabled else "no held-out evaluation (--eval-samples 0 or no held-out runs)")
-    if o["resume"] and not any(stage_resume(True, p) for p in (output / "checkpoints", output / "sft" / "checkpoints")) \
-            and not sft_done(output / "sft", o["sft_steps"] or o["steps"]):
+    if o.resume and not any(stage_resume(True, p) for p in (output / "checkpoints", output / "sft" / "checkpoints")) \
+            and not sft_done(output / "sft", o.sft_steps_used):
         raise UserError(f"--resume: no complete checkpoint under {output}")
 
-    base = o["base_model"]
+    base = o.base_model
     if evaluation.enabled:
         evaluation.measure("base", base, progress, reuse=True)
     sft_report, report, final = None, None, output / "final"
     if "sft" in stages:
-        skip = o["resume"] and sft_done(output / "sft", o["sft_steps"] or o["steps"])
+        skip = o.resume and sft_done(output / "sft", o.sft_steps_used)
         sft_report, base = _sft(o, pairs, base, output, progress, console, skip), str(output / "sft" / "final")
         final = output / "sft" / "final"
         if evaluation.enabled:
@@ -380,28 +380,30 @@ def _train(o: dict[str, Any], reward: str, output: Path, progress, console) -> i
     return 0
 
 
-def _sft(o: dict[str, Any], pairs: list, base: str, output: Path, progress, console, skip: bool) -> dict:
+def _sft(o: TrainSettings, pairs: list, base: str, output: Path, progress, console, skip: bool) -> dict:
+    from comem_cli.train.settings import SFTSettings
     from comem_cli.train.sft import train_sft
 
-    steps, folder = o["sft_steps"] or o["steps"], output / "sft"
+    steps, folder = o.sft_steps_used, output / "sft"
     if skip:
         console.print(f"SFT finished in an earlier run: {folder / 'final'}")
         return json.loads((folder / "sft_report.json").read_text())
     task = progress.add_task("SFT", total=steps)
     # Four pairs a step, one at a time: a 1,300-token pair of a 135M model takes ~3 GB on CPU (float32 logits
     # over a 49k vocabulary), four at once four times that.
-    return train_sft(pairs, base_model=base, output_dir=folder, lr=o["sft_lr"] or max(o["lr"], 1e-5), steps=steps,
-                     batch_size=1, grad_accum=4,
-                     lora=o["lora"], save_every=o["save_every"], resume=stage_resume(o["resume"], folder / "checkpoints"),
-                     seed=o["seed"], on_log=lambda r: progress.update(task, completed=r.get("step", 0),
-                                                                      description=f"SFT loss {r.get('loss', 0):.3f}"))
+    settings = SFTSettings(lr=o.sft_lr_used, steps=steps, batch_size=1, grad_accum=4, lora=o.lora, save_every=o.save_every,
+                           resume=stage_resume(o.resume, folder / "checkpoints"), seed=o.seed)
+    return train_sft(pairs, settings, base_model=base, output_dir=folder,
+                     on_log=lambda r: progress.update(task, completed=r.get("step", 0),
+                                                      description=f"SFT loss {r.get('loss', 0):.3f}"))
 
 
-def _grpo(o: dict[str, Any], reward: str, loaded: Loaded, base: str, output: Path, progress) -> dict:
+def _grpo(o: TrainSettings, reward: str, loaded: Loaded, base: str, output: Path, progress) -> dict:
     from comem_cli.train.grpo import train_grpo
     from comem_cli.train.policy import make_policy
+    from comem_cli.train.settings import GRPOSettings
 
-    policy = make_policy(o["policy_model"], o["policy_api_base"]) if reward == "action" else None
+    policy = make_policy(o.policy_model, o.policy_api_base) if reward == "action" else None
     eval_task = None
 
     def on_eval(done: int, total: int) -> None:
@@ -410,7 +412,7 @@ def _grpo(o: dict[str, Any], reward: str, loaded: Loaded, base: str, output: Pat
             eval_task = progress.add_task("held-out action reward", total=total)
         progress.update(eval_task, completed=done, total=total)
 
-    task = progress.add_task("GRPO", total=o["steps"])
+    task = progress.add_task("GRPO", total=o.steps)
 
     def on_log(r: dict) -> None:
         nonlocal eval_task
@@ -423,9 +425,9 @@ def _grpo(o: dict[str, Any], reward: str, loaded: Loaded, base: str, output: Pat
     # On CPU one completion per forward / backward pass: a group of SmolLM2's 1,500-token completions at once
     # (float32 logits over a 49k vocabulary, several copies each) took 12 GB and was killed for memory.
     micro = None if cuda_available() else 1
-    return train_grpo(loaded.train, loaded.evaluation, base_model=base, policy=policy, reward=reward, output_dir=output,
-                      micro_batch_size=micro,
-                      group_size=o["group_size"], lr=o["lr"], kl=o["kl"], max_summary_tokens=o["max_summary_tokens"],
-                      steps=o["steps"], lora=o["lora"], save_every=o["save_every"],
-                      resume=stage_resume(o["resume"], output / "checkpoints"), seed=o["seed"], on_log=on_log,
-                      eval_max_samples=o["eval_samples"] if reward == "action" else 0, on_eval=on_eval)
+    settings = GRPOSettings(reward=reward, micro_batch_size=micro, group_size=o.group_size, lr=o.lr, kl=o.kl,
+                            max_summary_tokens=o.max_summary_tokens, steps=o.steps, lora=o.lora, save_every=o.save_every,
+                            resume=stage_resume(o.resume, output / "checkpoints"), seed=o.seed,
+                            eval_max_samples=o.eval_samples if reward == "action" else 0)
+    return train_grpo(loaded.train, loaded.evaluation, settings, base_model=base, policy=policy, output_dir=output,
+                      on_log=on_log, on_eval=on_eval)

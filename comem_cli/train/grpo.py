@@ -64,12 +64,11 @@ from comem_cli.train.common import (
     vllm_available,
 )
 from comem_cli.train.samples import Sample, memory_input, policy_view
+from comem_cli.train.settings import REWARDS, GRPOSettings
 from comem_cli.trajectories import Step
 
-__all__ = ["REWARDS", "evaluate_reward", "evaluate_rewards", "generate_summaries", "recall_samples", "train_grpo",
-           "write_reward_curve"]
-
-REWARDS = ("action", "recall")
+__all__ = ["REWARDS", "GRPOSettings", "evaluate_reward", "evaluate_rewards", "generate_summaries", "recall_samples",
+           "train_grpo", "write_reward_curve"]
 
 REPORT = "train_report.json"
 CURVE = "reward_curve.png"
@@ -327,105 +326,82 @@ def _step_record(logs: dict, step: int) -> dict | None:
 def train_grpo(
     samples_train: Sequence[Sample],
     samples_eval: Sequence[Sample],
+    settings: GRPOSettings | None = None,
     *,
     base_model: str | os.PathLike[str],
-    policy: Any = None,
     output_dir: str | os.PathLike[str],
-    reward: str = "action",
-    group_size: int = 16,
-    lr: float = 1e-6,
-    kl: float = 0.01,
-    max_summary_tokens: int = 2048,
-    steps: int = 100,
-    lora: bool = False,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    save_every: int = 50,
-    keep_checkpoints: int | None = 2,
-    resume: bool = False,
-    seed: int = 0,
+    policy: Any = None,
     on_log: Callable[[dict], None] | None = None,
-    prompts_per_step: int = 1,
-    micro_batch_size: int | None = None,
-    temperature: float = 1.0,
-    garbage_reward: float | None = 0.0,
-    eval_before: bool = True,
-    eval_max_samples: int | None = 64,
-    eval_batch_size: int = 8,
-    use_vllm: bool | None = None,
-    vllm_gpu_memory_utilization: float = 0.3,
-    logging_steps: int = 1,
+    on_eval: Callable[[int, int], None] | None = None,
+    prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input,
     progress_bar: bool = False,
     extra_config: dict[str, Any] | None = None,
-    prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input,
-    on_eval: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Train the memory model with GRPO; return the report (also written to output_dir/train_report.json).
 
-    One optimizer step = `prompts_per_step` samples x `group_size` summaries (split into micro
-    batches of `micro_batch_size` completions, default all at once). `eval_max_samples` caps the
-    held-out samples scored before and after (greedy summaries), drawn with `seed`.
-    `use_vllm=None` means: when CUDA and vllm are both available. `on_log(record)` gets every
-    logged step: {"step", "max_steps", "reward_mean", "reward_std", "loss", "kl", ...}.
+    `settings`: the hyper-parameters (`GRPOSettings`, its defaults when None). `policy`: the frozen
+    policy of `reward="action"` (none for "recall", which trains on `recall_samples(samples_train)`).
+    `on_log(record)` gets every logged step: {"step", "max_steps", "reward_mean", "reward_std",
+    "loss", "kl", ...}; `on_eval(done, total)` follows the held-out evaluation.
     `prompt_fn` builds the memory model's prompt from a sample (default `memory_input`, exactly
-    what the pipeline sends; tests pass a shorter instruction to stay fast on CPU).
-    `reward`: "action" (the `policy` acts on each summary) or "recall" (no policy; train on
-    `recall_samples(samples_train)`). `on_eval(done, total)` follows the held-out evaluation.
+    what the pipeline sends; tests pass a shorter instruction to stay fast on CPU). `extra_config`
+    goes into trl's GRPOConfig over comem's.
     Raises `PolicyError` (the policy failed) or `UserError` (bad input): `final/` is then untouched.
     """
+    s = settings if settings is not None else GRPOSettings()
     samples_train, samples_eval = list(samples_train), list(samples_eval)
-    scorer = _scorer(reward, policy, garbage_reward, max_summary_tokens)
-    if reward == "recall":
+    scorer = _scorer(s.reward, policy, s.garbage_reward, s.max_summary_tokens)
+    if s.reward == "recall":
         samples_train, samples_eval = recall_samples(samples_train), recall_samples(samples_eval)
-    total, micro = _check_inputs(samples_train, group_size, steps, prompts_per_step, micro_batch_size)
+    total, micro = _check_inputs(samples_train, s.group_size, s.steps, s.prompts_per_step, s.micro_batch_size)
     cuda = cuda_available()
-    use_vllm = _use_vllm(use_vllm, cuda)
+    use_vllm = _use_vllm(s.use_vllm, cuda)
     with quiet_progress(not progress_bar):
         out = prepare_output(output_dir)
         ckpt_dir = out / CHECKPOINTS
-        resume_from = resume_checkpoint(ckpt_dir, resume)
-        saved = json.loads((ckpt_dir / STATE).read_text()) if resume and (ckpt_dir / STATE).is_file() else {}
-        eval_set = _eval_subset(samples_eval, eval_max_samples, seed)
+        resume_from = resume_checkpoint(ckpt_dir, s.resume)
+        saved = json.loads((ckpt_dir / STATE).read_text()) if s.resume and (ckpt_dir / STATE).is_file() else {}
+        eval_set = _eval_subset(samples_eval, s.eval_max_samples, s.seed)
         model, tokenizer = load_for_training(base_model)
         if cuda:
             model = model.to("cuda")
         started = time.time()
 
         def score(m: Any) -> float:
-            return evaluate_reward(m, eval_set, policy, max_summary_tokens, tokenizer=tokenizer,
-                                   batch_size=eval_batch_size, garbage_reward=garbage_reward, prompt_fn=prompt_fn,
-                                   reward=reward, on_progress=on_eval)
+            return evaluate_reward(m, eval_set, policy, s.max_summary_tokens, tokenizer=tokenizer,
+                                   batch_size=s.eval_batch_size, garbage_reward=s.garbage_reward, prompt_fn=prompt_fn,
+                                   reward=s.reward, on_progress=on_eval)
 
         before = saved.get("eval_reward_before")
-        if before is None and eval_before and eval_set:
+        if before is None and s.eval_before and eval_set:
             before = score(model)
-        if not resume and ckpt_dir.exists():
+        if not s.resume and ckpt_dir.exists():
             # A fresh run (model and policy are known to work by now): older checkpoints would mix with the new ones.
             shutil.rmtree(ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         config_record = {
-            "base_model": str(base_model), "reward": reward,
+            "base_model": str(base_model), "reward": s.reward,
             "policy": getattr(policy, "name", type(policy).__name__) if policy is not None else None,
-            "group_size": group_size, "lr": lr, "kl": kl, "max_summary_tokens": max_summary_tokens, "steps": steps,
-            "lora": lora, "lora_r": lora_r if lora else None, "lora_alpha": lora_alpha if lora else None,
-            "seed": seed, "prompts_per_step": prompts_per_step, "temperature": temperature, "use_vllm": bool(use_vllm),
-            "train_samples": len(samples_train), "eval_samples": len(eval_set), "garbage_reward": garbage_reward,
+            "group_size": s.group_size, "lr": s.lr, "kl": s.kl, "max_summary_tokens": s.max_summary_tokens, "steps": s.steps,
+            "lora": s.lora, "lora_r": s.lora_r if s.lora else None, "lora_alpha": s.lora_alpha if s.lora else None,
+            "seed": s.seed, "prompts_per_step": s.prompts_per_step, "temperature": s.temperature, "use_vllm": bool(use_vllm),
+            "train_samples": len(samples_train), "eval_samples": len(eval_set), "garbage_reward": s.garbage_reward,
         }
         atomic_write_json(ckpt_dir / STATE, {"eval_reward_before": before, "config": config_record})
 
         dataset = _dataset(samples_train, prompt_fn)
         config = dict(
-            output_dir=str(ckpt_dir), max_steps=steps, learning_rate=lr, beta=kl, num_generations=group_size,
-            max_completion_length=max_summary_tokens, per_device_train_batch_size=micro,
-            gradient_accumulation_steps=total // micro, temperature=temperature, logging_steps=logging_steps,
-            save_steps=max(1, save_every), save_total_limit=keep_checkpoints, seed=seed, data_seed=seed,
+            output_dir=str(ckpt_dir), max_steps=s.steps, learning_rate=s.lr, beta=s.kl, num_generations=s.group_size,
+            max_completion_length=s.max_summary_tokens, per_device_train_batch_size=micro,
+            gradient_accumulation_steps=total // micro, temperature=s.temperature, logging_steps=s.logging_steps,
+            save_steps=max(1, s.save_every), save_total_limit=s.keep_checkpoints, seed=s.seed, data_seed=s.seed,
             disable_tqdm=not progress_bar,
         )
         if use_vllm:
-            config.update(_vllm_settings(model, tokenizer, dataset, max_summary_tokens, vllm_gpu_memory_utilization))
+            config.update(_vllm_settings(model, tokenizer, dataset, s.max_summary_tokens, s.vllm_gpu_memory_utilization))
         config.update(extra_config or {})
         trainer = _trainer(model, tokenizer, dataset, _reward_function(scorer, samples_train), config,
-                           cuda=cuda, use_vllm=use_vllm, peft_config=lora_config(lora_r, lora_alpha) if lora else None,
+                           cuda=cuda, use_vllm=use_vllm, peft_config=lora_config(s.lora_r, s.lora_alpha) if s.lora else None,
                            on_log=on_log)
         try:
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -445,7 +421,7 @@ def train_grpo(
                     "steps": _steps_log(trainer.state.log_history),
                 }
 
-            return publish_final(trainer.model, tokenizer, out, merge_lora=lora, dtype=model.dtype, cuda=cuda,
+            return publish_final(trainer.model, tokenizer, out, merge_lora=s.lora, dtype=model.dtype, cuda=cuda,
                                  evaluate=score if eval_set else None, report=report, report_name=REPORT,
                                  also_write=lambda r: write_reward_curve(r, out / CURVE))
         finally:

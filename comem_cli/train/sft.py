@@ -3,7 +3,7 @@
 `teacher_summaries(samples, teacher_model)` asks a teacher (any litellm model) for the summary of
 each sample's memory input, i.e. exactly the messages the memory model is sent
 (`samples.memory_input`), and returns `(messages, summary)` pairs; replies the inference pipeline
-would reject (`transcript.looks_like_summary`) are dropped. `train_sft(pairs, ...)` fine-tunes the
+would reject (`transcript.looks_like_summary`) are dropped. `train_sft(pairs, settings, ...)` fine-tunes the
 base model on them in trl's conversational prompt-completion format (loss on the summary only).
 
 `recorded_summaries(trajectories)` takes the other source: the summaries a comem run's memory
@@ -44,6 +44,7 @@ from comem_cli.train.common import (
 )
 from comem_cli.train.policy import PolicyError
 from comem_cli.train.samples import Sample, memory_input
+from comem_cli.train.settings import SFTSettings
 
 __all__ = ["TeacherError", "teacher_summaries", "train_sft"]
 
@@ -156,21 +157,10 @@ def completion_loss(model: Any, tokenizer: Any, pairs: Sequence[Pair]) -> float:
 
 def train_sft(
     pairs: Sequence[Pair],
+    settings: SFTSettings | None = None,
     *,
     base_model: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
-    lr: float = 1e-5,
-    steps: int = 100,
-    lora: bool = False,
-    lora_r: int = 16,
-    lora_alpha: int = 32,
-    batch_size: int = 4,
-    grad_accum: int = 1,
-    max_length: int | None = None,
-    save_every: int = 50,
-    keep_checkpoints: int | None = 2,
-    resume: bool = False,
-    seed: int = 0,
     eval_pairs: Sequence[Pair] = (),
     on_log: Callable[[dict], None] | None = None,
     progress_bar: bool = False,
@@ -178,20 +168,18 @@ def train_sft(
 ) -> dict:
     """Fine-tune `base_model` on (messages, summary) pairs; return the report (also in output_dir/sft_report.json).
 
-    `max_length` (tokens of prompt + summary) drops longer pairs rather than truncating them (a cut
-    would remove the summary, which comes last). Raises UserError on bad input; `final/` is only
-    replaced when the run succeeds.
+    `settings`: the hyper-parameters (`SFTSettings`, its defaults when None); its `max_length`
+    (tokens of prompt + summary) drops longer pairs rather than truncating them (a cut would remove
+    the summary, which comes last). Raises UserError on bad input; `final/` is only replaced when the
+    run succeeds.
     """
+    settings = settings if settings is not None else SFTSettings()
     with quiet_progress(not progress_bar):
-        return _train_sft(pairs, base_model=base_model, output_dir=output_dir, lr=lr, steps=steps, lora=lora,
-                          peft_config=lora_config(lora_r, lora_alpha) if lora else None, batch_size=batch_size,
-                          grad_accum=grad_accum, max_length=max_length, save_every=save_every,
-                          keep_checkpoints=keep_checkpoints, resume=resume, seed=seed, eval_pairs=eval_pairs,
+        return _train_sft(pairs, settings, base_model=base_model, output_dir=output_dir, eval_pairs=eval_pairs,
                           on_log=on_log, progress_bar=progress_bar, extra_config=extra_config)
 
 
-def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, batch_size, grad_accum, max_length,
-               save_every, keep_checkpoints, resume, seed, eval_pairs, on_log, progress_bar, extra_config) -> dict:
+def _train_sft(pairs, s: SFTSettings, *, base_model, output_dir, eval_pairs, on_log, progress_bar, extra_config) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -200,12 +188,12 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
 
     if not pairs:
         raise UserError("no SFT pairs (teacher summaries) to train on")
-    if steps < 1:
-        raise UserError(f"--steps must be positive, got {steps}")
+    if s.steps < 1:
+        raise UserError(f"--steps must be positive, got {s.steps}")
     out = prepare_output(output_dir)
     ckpt_dir = out / CHECKPOINTS
-    resume_from = resume_checkpoint(ckpt_dir, resume)
-    if not resume and ckpt_dir.exists():
+    resume_from = resume_checkpoint(ckpt_dir, s.resume)
+    if not s.resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -215,6 +203,7 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
     if cuda:
         model = model.to("cuda")
     dropped = 0
+    max_length = s.max_length
     if max_length is not None:
         kept = []
         for messages, summary in pairs:
@@ -232,10 +221,10 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
     import torch
 
     config_kwargs: dict[str, Any] = dict(
-        output_dir=str(ckpt_dir), max_steps=steps, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
-        per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum, max_length=None,
-        completion_only_loss=True, logging_steps=1, save_strategy="steps", save_steps=max(1, save_every),
-        save_total_limit=keep_checkpoints, seed=seed, data_seed=seed, report_to="none", use_cpu=not cuda,
+        output_dir=str(ckpt_dir), max_steps=s.steps, learning_rate=s.lr, lr_scheduler_type="constant", warmup_steps=0,
+        per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum, max_length=None,
+        completion_only_loss=True, logging_steps=1, save_strategy="steps", save_steps=max(1, s.save_every),
+        save_total_limit=s.keep_checkpoints, seed=s.seed, data_seed=s.seed, report_to="none", use_cpu=not cuda,
         bf16=bool(cuda and model.dtype == torch.bfloat16), fp16=False, gradient_checkpointing=False,
         disable_tqdm=not progress_bar, dataloader_num_workers=0, dataset_num_proc=None, shuffle_dataset=True,
     )
@@ -249,7 +238,8 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
                         "learning_rate": logs.get("learning_rate")})
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows(pairs)),
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=[_Log()])
+                         processing_class=tokenizer, peft_config=lora_config(s.lora_r, s.lora_alpha) if s.lora else None,
+                         callbacks=[_Log()])
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -257,8 +247,8 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
         def report(after: float | None) -> dict:
             return {
                 "stage": "sft",
-                "config": {"base_model": str(base_model), "lr": lr, "steps": steps, "lora": lora, "batch_size": batch_size,
-                           "grad_accum": grad_accum, "max_length": max_length, "seed": seed},
+                "config": {"base_model": str(base_model), "lr": s.lr, "steps": s.steps, "lora": s.lora, "batch_size": s.batch_size,
+                           "grad_accum": s.grad_accum, "max_length": max_length, "seed": s.seed},
                 "pairs": len(pairs), "pairs_dropped_too_long": dropped, "eval_pairs": len(eval_pairs),
                 "eval_loss_before": before, "eval_loss_after": after,
                 "steps_done": trainer.state.global_step, "train_seconds": round(time.time() - started, 1),
@@ -267,7 +257,7 @@ def _train_sft(pairs, *, base_model, output_dir, lr, steps, lora, peft_config, b
                 "steps": _steps_log(trainer.state.log_history),
             }
 
-        return publish_final(trainer.model, tokenizer, out, merge_lora=lora, dtype=model.dtype, cuda=cuda,
+        return publish_final(trainer.model, tokenizer, out, merge_lora=s.lora, dtype=model.dtype, cuda=cuda,
                              evaluate=(lambda m: completion_loss(m, tokenizer, eval_pairs)) if eval_pairs else None,
                              report=report, report_name=REPORT)
     finally:
