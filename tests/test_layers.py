@@ -238,3 +238,48 @@ def test_memory_option_defaults_come_from_the_config_model():
     assert len(options) >= 8  # shared (options.py), train-memory, bench latency, bench memory
     assert [name for name, default in options.items() if written_out(default)] == []
 
+
+# Every option's default lives in one settings model: a command-line option never writes out a value
+# a model already declares (it reads it: `default_of(Model, "field")`, `memory_default("field")`).
+SETTINGS_MODULES = ("comem_cli.config", "comem_cli.latency.settings", "comem_cli.bench.settings", "comem_cli.train.settings")
+
+
+def declared_defaults() -> set:
+    """The numbers (but 0 and 1) and strings every settings model's fields default to."""
+    import importlib
+
+    from pydantic import BaseModel
+
+    found = set()
+    for name in SETTINGS_MODULES:
+        module = importlib.import_module(name)
+        for model in vars(module).values():
+            if isinstance(model, type) and issubclass(model, BaseModel) and model.__module__ == name:
+                for field in model.model_fields.values():
+                    value = field.default
+                    if isinstance(value, (int, float, str, Path)) and not isinstance(value, bool) and value not in (0, 1, ""):
+                        found.add(str(value))
+    return found
+
+
+def option_literals(source: str) -> list[tuple[int, str]]:
+    """(line, value) of every `typer.Option(LITERAL, ...)` and `typer.Option(Path("LITERAL"), ...)`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Option" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Call) and getattr(first.func, "id", None) == "Path" and first.args:
+                first = first.args[0]
+            if isinstance(first, ast.Constant) and not isinstance(first.value, bool) and first.value is not None:
+                found.append((node.lineno, str(first.value)))
+    return found
+
+
+def test_no_option_writes_out_a_default_a_settings_model_declares():
+    sample = 'def f(a: int = typer.Option(12000, "--a"), b: str = typer.Option(default_of(M, "b")), c=typer.Option(Path("bench-runs"))): ...'
+    assert option_literals(sample) == [(1, "12000"), (1, "bench-runs")]
+    declared = declared_defaults()
+    assert {"12000", "bench-runs", "100", "300.0"} <= declared
+    repeated = [f"{path}:{line} {value}" for path in OPTION_FILES
+                for line, value in option_literals((REPO_ROOT / path).read_text(encoding="utf-8")) if value in declared]
+    assert repeated == []
