@@ -25,13 +25,9 @@ What it models, for one engine (one server: the main model's, or the memory mode
 * **KV-cache capacity.** A request is admitted only when the tokens it needs (prompt + reply) fit
   beside those of the running requests, and at most `max_seqs` run at once; the others queue, so
   latency grows with load once the cache is full.
-* **Priority** (vLLM's `--scheduling-policy priority`, each request's `priority`, lower served
-  first, ties first come first served). The waiting queue and the prefill queue are kept in
-  (priority, arrival) order; with all priorities equal this is plain FCFS. When the best waiting
-  request does not fit, running requests of a worse priority are preempted (newest of the worst
-  first) until it fits: a preempted request goes back to the waiting queue with the tokens it
-  generated, which it prefills again on re-admission (its prompt from the prefix cache, if still
-  there), as vLLM's recompute preemption does.
+* **First come, first served** (vLLM's default scheduling policy): the waiting queue and the
+  prefill queue are kept in arrival order, and a request that does not fit waits, with everyone
+  behind it.
 
 * **Request overhead.** `request_overhead_s` per request, outside the engine's iterations (HTTP,
   tokenizing, detokenizing): the caller hears of a finished request that much later. 0 in the
@@ -87,8 +83,6 @@ class EngineParams(BaseModel):
     request_overhead_s: float = Field(0.0, ge=0, description="per request, outside the engine's iterations "
                                       "(HTTP, tokenizing, detokenizing; fitted by --calibrate-engine)")
     prefix_caching: bool = True
-    priority_scheduling: bool = Field(True, description="order and preempt by each request's priority "
-                                                        "(vLLM --scheduling-policy priority); off: FCFS")
 
 
 # -- defaults ------------------------------------------------------------------------------------
@@ -232,7 +226,6 @@ class Request:
     on_done: Callable[["Request"], None] | None = None
     kind: str = "req"  # cache slot: "req" (the last real request) or "prewarm"
     reply_piece: tuple[int, int] | None = None  # what the reply adds to the cached sequence
-    priority: int = 0  # vLLM's request priority: lower is served first (agent calls 0)
     # filled by the engine
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -246,8 +239,6 @@ class Request:
     join_d: float = 0.0
     cancelled: bool = False
     seq: int = field(default=0)
-    generated: int = 0  # output tokens made before a preemption (prefilled again with the prompt)
-    preemptions: int = 0
     kv_off: float = 0.0  # what this decoding request adds to Engine.kv_base
 
     def __post_init__(self):
@@ -311,8 +302,8 @@ class Engine:
 
     def __init__(self, params: EngineParams, clock: Clock, name: str = "engine"):
         self.p, self.clock, self.name = params, clock, name
-        self.waiting: list[Request] = []  # in (priority, arrival) order
-        self.prefilling: deque[Request] = deque()  # in (priority, arrival) order behind the head
+        self.waiting: list[Request] = []  # in arrival order
+        self.prefilling: deque[Request] = deque()  # in arrival order
         self.decoding: list[tuple[float, int, Request]] = []  # heap by finish_d
         self.n_decoding = 0
         self.kv_base = 0.0  # sum over decoding of (context at join - join_d); kv = kv_base + n * d
@@ -326,7 +317,6 @@ class Engine:
         self.peak_batch = 0
         self.queued_work = 0.0  # prefill work of the prefilling requests behind the head
         self.running: dict[Any, list[Request]] = {}  # admitted requests by run (their blocks are shared)
-        self.preemptions = 0
 
     # -- state between events
     def _iteration(self) -> tuple[float, float]:
@@ -364,12 +354,12 @@ class Engine:
                 if self.prefilling:
                     self.queued_work -= self.prefilling[0].work_left
                 r.prefill_done = now
-                if r.output_tokens - r.generated <= 0:
+                if r.output_tokens <= 0:
                     self._finish(r)
                 else:
                     r.join_d = self.d
-                    r.finish_d = self.d + r.output_tokens - r.generated
-                    r.kv_off = r.prompt_tokens + r.generated - r.join_d
+                    r.finish_d = self.d + r.output_tokens
+                    r.kv_off = r.prompt_tokens - r.join_d
                     self.kv_base += r.kv_off
                     self.n_decoding += 1
                     heapq.heappush(self.decoding, (r.finish_d, r.seq, r))
@@ -406,47 +396,11 @@ class Engine:
 
         self.clock.at(now + delay, fire)
 
-    def _key(self, r: Request) -> tuple[int, int]:
-        return (r.priority if self.p.priority_scheduling else 0, r.seq)
-
-    def _position(self, queue, r: Request) -> int:
-        """Where `r` goes in `queue` (the waiting or the prefill queue) to keep it in (priority, arrival) order."""
-        key, i = self._key(r), len(queue)
-        while i and self._key(queue[i - 1]) > key:
-            i -= 1
-        return i
-
-    def _enqueue(self, r: Request) -> None:
-        self.waiting.insert(self._position(self.waiting, r), r)
-
     def _fits(self, r: Request) -> bool:
         running = self.n_decoding + len(self.prefilling)
         if running >= self.p.max_seqs:
             return False
         return not running or self.used + r.prompt_tokens + r.output_tokens <= self.p.kv_capacity_tokens
-
-    def _victim(self, r: Request) -> Request | None:
-        """The running request to preempt for `r`: of a strictly worse priority, the newest of the worst."""
-        if not self.p.priority_scheduling:
-            return None
-        worse = [o for mine in self.running.values() for o in mine if o.priority > r.priority]
-        return max(worse, key=self._key) if worse else None
-
-    def _preempt(self, r: Request) -> None:
-        """vLLM's recompute preemption: the request frees its blocks and waits again; what it generated
-        is prefilled again on re-admission (its prompt from the prefix cache, if still there)."""
-        if r in self.prefilling:
-            self._unprefill(r)
-        else:
-            r.generated += int(self.d - r.join_d)  # whole tokens made; the iteration under way is lost
-            self._undecode(r)
-        self._release(r)
-        if self.p.prefix_caching:
-            self.cache.put(r.run, r.kind, r.pieces, r.prompt_tokens)
-        r.admitted = None
-        r.preemptions += 1
-        self.preemptions += 1
-        self._enqueue(r)
 
     def _undecode(self, r: Request) -> None:
         """Take a decoding request out of the batch (preempted or cancelled)."""
@@ -468,11 +422,6 @@ class Engine:
         admitted = False
         while self.waiting:
             r = self.waiting[0]
-            while not self._fits(r):
-                victim = self._victim(r)
-                if victim is None:
-                    break
-                self._preempt(victim)
             if not self._fits(r):
                 break  # the head waits for room, and so does everyone behind it
             self.waiting.pop(0)
@@ -488,15 +437,10 @@ class Engine:
             self.used += r.need
             self.cache.evict_to(self.p.kv_capacity_tokens - self.used)
             r.admitted = self.clock.now
-            uncached = r.prompt_tokens - r.cached_tokens + r.generated
-            r.work_left = max(prefill_work(self.p, uncached, r.cached_tokens), 1e-6)
-            # the prefill queue in (priority, arrival) order; a better request may take the head's place
-            i = self._position(self.prefilling, r)
-            if i == 0 and self.prefilling:
-                self.queued_work += self.prefilling[0].work_left
-            elif self.prefilling:
+            r.work_left = max(prefill_work(self.p, r.prompt_tokens - r.cached_tokens, r.cached_tokens), 1e-6)
+            if self.prefilling:  # behind the head: its work waits
                 self.queued_work += r.work_left
-            self.prefilling.insert(i, r)
+            self.prefilling.append(r)
             admitted = True
         return admitted
 
@@ -527,7 +471,7 @@ class Engine:
         self._advance()
         r.submitted = self.clock.now
         r.seq = next(self.seq)
-        self._enqueue(r)
+        self.waiting.append(r)
         self._settle()
         return r
 
