@@ -4,26 +4,31 @@ One reader for every part of comem that needs to know what an agent's command di
 reward compares two commands with it (reward.py) and the memory-quality scores take the
 facts a command uses or the files it writes from it (memory/quality.py).
 
-How a command line is read: heredoc bodies are lifted out first (they are code), then the line
-is tokenized with `shlex` (falling back to a whitespace split when quotes are unbalanced) and
-split into commands on `&&`, `||`, `;`, `|`, `&` and newlines. Wrappers (`sudo`, `env`, `timeout`,
-`time`, `nohup`, `xargs`...) and leading `VAR=value` assignments are peeled off. Each command is
-reduced to: a canonical program (`python3`, `/usr/bin/python3` -> `python`; `python -m pytest`,
-`py.test` -> `pytest`; `egrep` -> `grep`; `sed -i` is the program `sed -i`, an edit, distinct from
-`sed -n`, a view; `./x.py` runs `python`), a subcommand (for `git`, `pip`, `npm`, `cargo`,
-`docker`...), paths (tokens with a `/` or a file extension, redirect targets; normalized: `./` and
-trailing `/` removed, `.` dropped), words (other arguments such as search patterns, split into
-lower-case word tokens), a line range (for viewers), flags (`-rn` and `-nr` are the same for
+How a command line is read: tree-sitter-bash parses it, and every simple command in the tree is
+taken, wherever it stands (lists and pipelines, subshells and `{ }`, `if` / `for` / `while` / `case`
+bodies, functions, and `$( )`, backquotes and `<( )`, whose commands are marked `nested`), with its
+words as bash would pass them (quotes and escapes removed; `$VAR` and `$(...)` kept as written), its
+redirections and the heredoc bodies and here-strings fed to it. A line the parser cannot read whole
+is completed as a shell waiting for more input would (an open heredoc, quote or `$(` closed at the
+end), else its ERROR parts are read word by word (see `read_command_line`). Wrappers (`sudo`, `env`,
+`timeout`, `time`, `nohup`, `xargs`...) and leading `VAR=value` assignments are peeled off. Each
+command is reduced to: a canonical program (`python3`, `/usr/bin/python3` -> `python`; `python -m
+pytest`, `py.test` -> `pytest`; `egrep` -> `grep`; `sed -i` is the program `sed -i`, an edit,
+distinct from `sed -n`, a view; `./x.py` runs `python`), a subcommand (for `git`, `pip`, `npm`,
+`cargo`, `docker`...), paths (tokens with a `/` or a file extension, redirect targets; normalized:
+`./` and trailing `/` removed, `.` dropped), words (other arguments such as search patterns, split
+into lower-case word tokens), a line range (for viewers), flags (`-rn` and `-nr` are the same for
 programs whose short flags combine), code (heredoc bodies, `python -c`, `perl -e`, `bash -c` and
 `sed -i` scripts) and the files it writes (`>` / `>>` targets, `sed -i` / `perl -i` / `tee` /
 `touch` operands, the destination of `cp` / `mv`). The *main* command of a line is the first one
-that is not trivial (`cd`, `export`, `source`, `set`, ...).
+that is not trivial (`cd`, `export`, `source`, `set`, ...) and not nested, where there is one.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
+import threading
+import time
 from dataclasses import dataclass, field
 
 VIEWERS = {"cat", "head", "tail", "nl", "less", "more", "sed", "bat"}
@@ -50,14 +55,10 @@ WRAPPERS = {"sudo", "env", "time", "nohup", "timeout", "xargs", "command", "exec
 WRAPPER_VALUE_FLAGS = {"timeout": {"-s", "-k", "--signal", "--kill-after"}, "xargs": {"-I", "-n", "-P", "-d", "-L", "-E", "-s"},
                        "nice": {"-n"}, "sudo": {"-u", "-g"}, "env": {"-u", "-C"}}
 
-_HEREDOC = re.compile(r"(?<!<)<<(?!<)-?[ \t]*(?:'([^'\n]+)'|\"([^\"\n]+)\"|\\?([A-Za-z_][\w.-]*))")
-_PLACEHOLDER = re.compile(r"^__COMEM_HEREDOC_(\d+)__$")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
-_REDIRECT = re.compile(r"^(\d*)(>>?|<)(.*)$", re.DOTALL)
 _FILE_LIKE = re.compile(r"^[\w.\-+@]*\w\.[A-Za-z][A-Za-z0-9]{0,7}$")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 _PYTHON = re.compile(r"^python(\d+(\.\d+)*)?$")
-_SEPARATOR_CHARS = set(";&|\n")
 _SED_RANGE = re.compile(r"^\s*(\d+)\s*(?:,\s*(\d+|\$))?\s*p\s*$")
 
 
@@ -74,6 +75,7 @@ class Command:
     code: list[str] = field(default_factory=list)
     lines: tuple[int, int] | None = None  # the line range a viewer shows (`sed -n '5,9p'`, `head -n 9`)
     writes: set[str] = field(default_factory=set)  # files it creates or changes (`> f`, `sed -i`, `tee`, `touch`...)
+    nested: bool = False  # runs inside a `$( )`, backquotes or `<( )` of another command
 
     @property
     def trivial(self) -> bool:
@@ -81,67 +83,392 @@ class Command:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing a command line
+# Reading a command line: the tree-sitter-bash parse tree
 
 
-def _lift_heredocs(text: str) -> tuple[str, list[str]]:
-    """Replace each heredoc (marker and body) with a placeholder token; return the bodies."""
-    bodies: list[str] = []
-    pos = 0
-    while True:
-        m = _HEREDOC.search(text, pos)
-        if not m:
-            return text, bodies
-        delimiter = m.group(1) or m.group(2) or m.group(3)
-        line_end = text.find("\n", m.end())
-        placeholder = f" __COMEM_HEREDOC_{len(bodies)}__ "
-        if line_end < 0:  # a marker with no body
-            bodies.append("")
-            text = text[: m.start()] + placeholder + text[m.end():]
-            pos = m.start() + len(placeholder)
-            continue
-        lines = text[line_end + 1:].split("\n")
-        for i, line in enumerate(lines):
-            if line.strip() == delimiter:
-                body, after = "\n".join(lines[:i]), "\n".join(lines[i + 1:])
-                break
-        else:  # unterminated: the rest is the body
-            body, after = "\n".join(lines), ""
-        bodies.append(body)
-        head = text[: m.start()] + placeholder + text[m.end(): line_end + 1]
-        text, pos = head + after, len(head)
+@dataclass
+class SimpleCommand:
+    """One simple command as the parse tree gives it, before it is reduced to a `Command`."""
+
+    argv: list[str] = field(default_factory=list)  # its words, quotes removed as bash would pass them
+    redirects: list[tuple[str, str]] = field(default_factory=list)  # (operator, target): (">", "out.txt")
+    inputs: list[str] = field(default_factory=list)  # heredoc bodies and here-strings fed to it
+    nested: bool = False  # inside `$( )`, backquotes or `<( )`
 
 
-def _tokens(text: str) -> list[str]:
-    """shlex tokens with the operators ; & | and newlines as their own tokens; whitespace split if quotes are unbalanced."""
+COMMAND_NODES = {"command", "declaration_command", "unset_command", "test_command"}
+SUBSTITUTION_NODES = {"command_substitution", "process_substitution"}
+STATEMENT_NODES = COMMAND_NODES | {  # (and what substitutions() never looks into)
+    "redirected_statement", "list", "pipeline", "subshell", "compound_statement", "negated_command", "if_statement",
+    "while_statement", "for_statement", "c_style_for_statement", "case_statement", "function_definition",
+    "heredoc_body", "comment",
+}
+REDIRECT_NODES = {"file_redirect", "herestring_redirect", "heredoc_redirect"}
+VALUE_NODES = {  # nodes that stand for one word (or part of one) of a command
+    "word", "string", "raw_string", "ansi_c_string", "translated_string", "concatenation", "number", "simple_expansion",
+    "expansion", "command_substitution", "process_substitution", "arithmetic_expansion", "brace_expression",
+    "string_content", "regex", "extglob_pattern", "variable_name", "special_variable_name",
+}
+SEPARATOR_TOKENS = {";", "&", "&&", "||", "|", "|&", ";;", ";&", ";;&", "\n"}
+WRITE_REDIRECTS = {">", ">>", "&>", "&>>", ">|", "<>", ">&"}
+MAX_DEPTH = 200  # deeper parse trees (pathological input) are not read further
+REPAIR_SUFFIXES = (b'"', b"'", b"`", b")")
+# tree-sitter's error recovery takes quadratic time and memory on some junk (64 kB of `>` or `))`:
+# 20-30 s; 180 kB of `cat a | ` ending in a `|`: 2 GB), so it reads at most the first MAX_CHARS of a
+# command line (cut at a line end; the bundled runs' longest is 6 kB, a heredoc writing a file), and a
+# parse still running after its time budget is cancelled (then words are read line by line).
+MAX_CHARS = 32_000
+PARSE_SECONDS, PARSE_SECONDS_PER_MB = 0.5, 3.0
+
+_DESCRIPTOR_DUP = re.compile(r"^\d*-?$")  # the target of 2>&1, >&2, <&-: plumbing, not a file
+_DQ_ESCAPE = re.compile(r'\\([$`"\\\n])')
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ANSI_C_ESCAPE = re.compile(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
+_ANSI_C = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "v": "\v"}
+# tree-sitter-bash 0.25.1 can crash (SIGSEGV) on a `{` followed by a 4-byte UTF-8 character (its issue
+# #337): the parser is given a copy with each such character (and each lone surrogate) replaced by as
+# many bytes of word characters (`¤¤`, U+FFFD), so every node's offsets still hold in the original.
+# NUL bytes likewise (a run of them takes it quadratic time: 45 s for 64 kB).
+_ASTRAL = re.compile(rb"[\xf0-\xf7][\x80-\xbf]{3}")
+_SURROGATE = re.compile(rb"\xed[\xa0-\xbf][\x80-\xbf]")
+_local = threading.local()
+_language = None
+
+
+def _parser():
+    """A tree-sitter parser for bash, one per thread (imported on first use: `comem --help` never needs it)."""
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        import tree_sitter
+        import tree_sitter_bash
+
+        global _language
+        if _language is None:
+            _language = tree_sitter.Language(tree_sitter_bash.language())
+        parser = _local.parser = tree_sitter.Parser(_language)
+    return parser
+
+
+def _parse(data: bytes, deadline: float):
+    """tree-sitter's tree of `data`, or None when the parse ran past `deadline` (and was cancelled)."""
+    parser, view = _parser(), memoryview(data)
     try:
-        lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|\n")
-        lexer.whitespace = " \t\r"
-        lexer.commenters = ""
-        lexer.whitespace_split = True
-        return list(lexer)
-    except ValueError:
-        spaced = re.sub(r"(&&|\|\||[;&|\n])", r" \1 ", text)
-        return [t.strip("'\"") or t for t in spaced.split(" ") if t.strip(" \t\r")]
+        return parser.parse(lambda offset, _: view[offset:offset + 65536], progress_callback=lambda *_: time.monotonic() > deadline)
+    except ValueError:  # "Parsing failed": cancelled
+        parser.reset()  # else the next parse would resume this one
+        return None
 
 
-def _segments(action: str) -> tuple[list[list[str]], list[str]]:
-    text, bodies = _lift_heredocs(action)
-    text = text.replace("\\\n", " ")
-    text = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith("#"))  # full-line comments
-    text = re.sub(r"\d*[<>]&\d*-?", " ", text)  # 2>&1 and friends: plumbing, not meaning
-    text = re.sub(r"&>>?", ">", text)
-    segments, current = [], []
-    for token in _tokens(text):
-        if token and set(token) <= _SEPARATOR_CHARS:
-            if current:
-                segments.append(current)
-            current = []
+def _words_by_line(action: str) -> list[SimpleCommand]:
+    """What is read of a text tree-sitter could not parse in time: each line's words, quotes stripped."""
+    return [SimpleCommand(argv=[w.strip("'\"") or w for w in line.split()]) for line in action.splitlines() if line.strip()]
+
+
+def _unescape(word: str) -> str:
+    """An unquoted word as bash passes it: `a\\ b` -> `a b`, `\\;` -> `;` (a backslash-newline joins lines)."""
+    return _ESCAPE.sub(lambda m: "" if m.group(1) == "\n" else m.group(1), word) if "\\" in word else word
+
+
+def _ansi_c(body: str) -> str:
+    """The body of `$'...'` with its escapes decoded (`\\n`, `\\t`, `\\x41`, `\\101`...)."""
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e[0] == "x" and len(e) > 1:
+            return chr(int(e[1:], 16))
+        if e[0] in "01234567":
+            return chr(int(e, 8) & 0xFF)
+        return _ANSI_C.get(e, e)
+
+    return _ANSI_C_ESCAPE.sub(one, body)
+
+
+class _Reader:
+    """Walks a parse tree and collects its simple commands, in source order (a command before the ones
+    in its `$( )`), wherever they stand: lists, pipelines, subshells, `{ }`, `if` / `for` / `while` /
+    `case` bodies, functions, substitutions. Tolerates ERROR nodes (see `error`)."""
+
+    def __init__(self, source: bytes):
+        self.source = source
+        self.commands: list[SimpleCommand] = []
+        self.by_node: dict[int, SimpleCommand] = {}  # command nodes already read (an ERROR after one extends it)
+        self.heredoc_resume = 0  # where the next heredoc body may start (after the last one's delimiter)
+
+    def text(self, node) -> str:
+        return self.raw(node.start_byte, node.end_byte)
+
+    def raw(self, start: int, end: int) -> str:
+        chunk = self.source[start:end]
+        try:
+            return chunk.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return chunk.decode("utf-8", "replace")
+
+    def emit(self, command: SimpleCommand, node=None) -> SimpleCommand:
+        self.commands.append(command)
+        if node is not None:
+            self.by_node[node.id] = command
+        return command
+
+    # -- words
+
+    def value(self, node) -> str:
+        """A word as bash passes it to the command (expansions and substitutions stay as written)."""
+        kind = node.type
+        if node.is_missing:
+            return ""
+        text = self.text(node)
+        if kind == "word":
+            return _unescape(text)
+        if kind == "string":
+            inner = text[1:-1] if len(text) >= 2 and text.endswith('"') else text[1:]
+            return _DQ_ESCAPE.sub(lambda m: "" if m.group(1) == "\n" else m.group(1), inner)
+        if kind == "raw_string":
+            return text[1:-1] if len(text) >= 2 and text.endswith("'") else text[1:]
+        if kind == "ansi_c_string":
+            return _ansi_c(text[2:-1] if len(text) >= 3 and text.endswith("'") else text[2:])
+        if kind == "translated_string":
+            return "".join(self.value(c) for c in node.named_children)
+        if kind in ("concatenation", "command_name"):
+            parts, pos = [], node.start_byte
+            for child in node.children:
+                if child.start_byte > pos:
+                    parts.append(self.raw(pos, child.start_byte))
+                parts.append(self.value(child))
+                pos = max(pos, child.end_byte)
+            if pos < node.end_byte:
+                parts.append(self.raw(pos, node.end_byte))
+            return "".join(parts)
+        return text
+
+    def substitutions(self, node, depth: int) -> None:
+        """The commands inside `$( )`, backquotes and `<( )` in the words under `node` (not in heredoc
+        bodies, nor in the statements after a heredoc marker: those are visited on their own)."""
+        if depth > MAX_DEPTH:
+            return
+        for child in node.children:
+            if child.type in SUBSTITUTION_NODES:
+                self.visit(child, True, depth + 1)
+            elif child.child_count and child.type not in STATEMENT_NODES:
+                self.substitutions(child, depth + 1)
+
+    # -- statements
+
+    def visit(self, node, nested: bool, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            return
+        kind = node.type
+        if kind in ("comment", "heredoc_body"):
+            return
+        if kind in COMMAND_NODES:
+            self.simple(node, nested, depth)
+        elif kind == "redirected_statement":
+            self.redirected(node, nested, depth)
+        elif kind == "ERROR":
+            self.error(node, nested, depth, None)
+        elif kind in ("list", "pipeline"):  # `a && b && c` is list(list(a, b), c): read flat, at one depth
+            stack = [node]
+            while stack:
+                part = stack.pop()
+                if part.type == kind:
+                    stack.extend(reversed(part.children))
+                else:
+                    self.visit(part, nested, depth + 1)
         else:
-            current.append(token)
-    if current:
-        segments.append(current)
-    return segments, bodies
+            nested = nested or kind in SUBSTITUTION_NODES
+            for child in node.children:
+                self.visit(child, nested, depth + 1)
+
+    def simple(self, node, nested: bool, depth: int) -> SimpleCommand:
+        """A command node: its name and arguments (prefix `VAR=value` assignments left out), its redirections."""
+        command = self.emit(SimpleCommand(nested=nested), node)
+        kind = node.type
+        follow = []
+        for i, child in enumerate(node.children):
+            if child.type in REDIRECT_NODES:
+                follow += self.redirect(child, command)
+            elif kind != "command":  # `export X=1`, `unset X`, `[ -f x ]`: every word, the keyword first
+                self.words(child, command.argv, depth)
+            elif node.field_name_for_child(i) in ("name", "argument") and not child.is_missing:
+                command.argv.append(self.value(child))
+        self.substitutions(node, depth)
+        for child in follow:
+            self.visit(child, nested, depth + 1)
+        return command
+
+    def words(self, node, out: list[str], depth: int) -> None:
+        """Every word under `node`, in order (the operands of `[ ]`, `export`, `unset`)."""
+        if node.is_missing or depth > MAX_DEPTH:
+            return
+        if node.type == "variable_assignment":  # `X="a b"` -> `X=a b`
+            value = node.child_by_field_name("value")
+            if value is None:
+                out.append(self.text(node))
+            else:
+                out.append(self.raw(node.start_byte, value.start_byte) + self.value(value))
+        elif node.type in VALUE_NODES or node.type == "test_operator" or not node.child_count:
+            out.append(self.value(node))
+        else:
+            for child in node.children:
+                self.words(child, out, depth + 1)
+
+    def redirect(self, node, command: SimpleCommand) -> list:
+        """Add a redirection to `command`; return what follows a heredoc marker on its line (run after it)."""
+        kind = node.type
+        if kind == "herestring_redirect":
+            values = [self.value(c) for c in node.named_children if c.type != "file_descriptor"]
+            command.inputs.append(" ".join(values))
+            return []
+        if kind == "file_redirect":
+            operator = next((c.type for c in node.children if not c.is_named), "")
+            targets = [c for c in node.children_by_field_name("destination") if not c.is_missing]
+            target = self.value(targets[0]) if targets else ""
+            command.argv.extend(self.value(c) for c in targets[1:])  # `echo > f hello`: hello is an argument
+            if operator in ("<&", ">&", "<&-", ">&-") and _DESCRIPTOR_DUP.match(target):
+                return []
+            command.redirects.append((operator, target))
+            return []
+        follow = []  # heredoc_redirect
+        for i, child in enumerate(node.children):
+            field_name = node.field_name_for_child(i)
+            if child.type == "heredoc_start":
+                marker_line_end = self.source.find(b"\n", child.end_byte)
+                body_start = len(self.source) if marker_line_end < 0 else marker_line_end + 1
+            elif child.type == "heredoc_body":
+                command.inputs.append(self.heredoc_body(body_start, child))
+            elif child.type in REDIRECT_NODES:
+                follow += self.redirect(child, command)
+            elif field_name == "argument":
+                command.argv.append(self.value(child))
+            elif child.is_named and child.type not in ("heredoc_start", "heredoc_end", "file_descriptor"):
+                follow.append(child)  # `cat <<EOF | python`, `cat <<EOF && ls`
+        return follow
+
+    def heredoc_body(self, start: int, body) -> str:
+        """A heredoc's body as written: from the line after its marker (or after the heredoc before it on
+        that line) to its delimiter line (the node itself starts at the first non-blank character)."""
+        start = max(start, self.heredoc_resume)
+        end = max(body.end_byte, start)
+        end_line = self.source.find(b"\n", end)
+        self.heredoc_resume = len(self.source) if end_line < 0 else end_line + 1  # past the delimiter line
+        body, newline, last = self.raw(start, end).rpartition("\n")
+        return body if newline and not last.strip() else body + newline + last  # (`<<-`: the tabs before the delimiter)
+
+    def redirected(self, node, nested: bool, depth: int) -> SimpleCommand:
+        """A statement with redirections: they belong to its command, or to the compound statement
+        (`for ...; done > log`, `( ... ) 2> err`): then they make a command of their own, with no name.
+        tree-sitter-bash hangs the redirections of `a && b > f` and `a | b > f` on the whole list or
+        pipeline; bash gives them to its last command, and so does this."""
+        body = node.child_by_field_name("body")
+        if body is not None and body.type in COMMAND_NODES:
+            command = self.simple(body, nested, depth + 1)
+        else:
+            command = None
+            if body is not None:
+                self.visit(body, nested, depth + 1)
+                last = body
+                while last.type in ("list", "pipeline") and last.named_child_count:
+                    last = last.named_children[-1]
+                command = self.by_node.get(last.id) if last.type in COMMAND_NODES | {"redirected_statement"} else None
+            command = command or self.emit(SimpleCommand(nested=nested))
+        self.by_node[node.id] = command
+        follow = []
+        for child in node.children:
+            if child.type in REDIRECT_NODES:
+                follow += self.redirect(child, command)
+                self.substitutions(child, depth + 1)  # `> $(mktemp)`
+            elif child.is_named and child.id != (body.id if body is not None else None):
+                follow.append(child)
+        for child in follow:
+            self.visit(child, nested, depth + 1)
+        return command
+
+    def error(self, node, nested: bool, depth: int, current: SimpleCommand | None) -> SimpleCommand | None:
+        """A part tree-sitter could not parse: the commands in it are read as usual; loose words and
+        redirections join the command before them on the same line (up to a separator), or make one."""
+        if depth > MAX_DEPTH:
+            return current
+        if current is None and node.prev_sibling is not None:
+            current = self.by_node.get(node.prev_sibling.id)
+        for child in node.children:
+            kind = child.type
+            if kind in COMMAND_NODES:
+                current = self.simple(child, nested, depth + 1)
+            elif kind == "redirected_statement":
+                current = self.redirected(child, nested, depth + 1)
+            elif kind in REDIRECT_NODES:
+                current = current or self.emit(SimpleCommand(nested=nested))
+                for after in self.redirect(child, current):
+                    self.visit(after, nested, depth + 1)
+            elif kind == "heredoc_body":
+                current = current or self.emit(SimpleCommand(nested=nested))
+                current.inputs.append(self.heredoc_body(child.start_byte, child))
+            elif kind == "ERROR" and child.child_count:
+                current = self.error(child, nested, depth + 1, current)
+            elif kind in VALUE_NODES or kind == "ERROR":
+                word = self.value(child)
+                if kind == "ERROR" and word.strip("'\"`") == "":
+                    continue  # a stray quote
+                current = current or self.emit(SimpleCommand(nested=nested))
+                current.argv.append(word)
+                self.substitutions(child, depth + 1)
+            elif not child.is_named:
+                if kind in SEPARATOR_TOKENS:
+                    current = None
+            elif kind not in ("heredoc_start", "heredoc_end", "file_descriptor", "comment"):
+                self.visit(child, nested, depth + 1)
+                current = None
+        return current
+
+
+def _unterminated_heredocs(source: bytes, root) -> bytes:
+    """The delimiter lines that would close the heredocs left open (`cat <<EOF` with no `EOF` line)."""
+    closers: list[bytes] = []
+    stack, seen, starts = [root], 0, 0
+    while stack and seen < 100_000 and starts < 20:
+        node = stack.pop()
+        seen += 1
+        if node.type == "heredoc_start":
+            starts += 1
+            delimiter = re.sub(rb"[\"'\\]", b"", source[node.start_byte:node.end_byte]).strip()
+            rest = source[node.end_byte:]
+            if delimiter and not re.search(rb"(?m)^[ \t]*" + re.escape(delimiter) + rb"[ \t]*$", rest):
+                closers.append(b"\n" + delimiter)
+        elif node.has_error or node.type == "ERROR":
+            stack.extend(node.children)
+    return b"".join(reversed(closers))
+
+
+def read_command_line(action: str) -> list[SimpleCommand]:
+    """The simple commands of a bash command line, from tree-sitter-bash's parse tree.
+
+    A line tree-sitter cannot parse whole (ERROR nodes) is first completed the way a shell waiting
+    for more input would be: open heredocs closed at the end (the rest is their body), else an open
+    quote, backquote or `$(` closed. If no completion parses cleanly, the tree with its ERROR nodes
+    is read as it is (loose words join the command before them). Only the first MAX_CHARS are read.
+    Never raises.
+    """
+    if len(action) > MAX_CHARS:
+        cut = action.rfind("\n", 0, MAX_CHARS)
+        action = action[: cut if cut > 0 else MAX_CHARS]
+    source = action.encode("utf-8", "surrogatepass")
+    parsed = _ASTRAL.sub(b"\xc2\xa4\xc2\xa4", _SURROGATE.sub(b"\xef\xbf\xbd", source)) if not action.isascii() else source
+    parsed = parsed.replace(b"\0", b"\x01")
+    deadline = time.monotonic() + PARSE_SECONDS + PARSE_SECONDS_PER_MB * len(parsed) / 1e6
+    tree = _parse(parsed, deadline)
+    if tree is None:
+        return _words_by_line(action)
+    if tree.root_node.has_error:
+        closers = _unterminated_heredocs(parsed, tree.root_node)
+        for suffix in ([closers] if closers else []) + [s + closers for s in REPAIR_SUFFIXES]:
+            candidate = _parse(parsed + suffix, deadline)
+            if candidate is None:
+                break
+            if not candidate.root_node.has_error:
+                source, tree = source + suffix, candidate
+                break
+    reader = _Reader(source)
+    reader.visit(tree.root_node, False, 0)
+    return reader.commands
 
 
 def normalize_path(p: str) -> str:
@@ -200,37 +527,14 @@ def _flag_key(program: str, flag: str) -> str:
     return flag
 
 
-def _body(bodies: list[str], placeholder: re.Match) -> str:
-    index = int(placeholder.group(1))
-    return bodies[index] if index < len(bodies) else ""
-
-
-def _take_redirections(tokens: list[str], bodies: list[str], command: Command) -> list[str]:
-    """Move redirect targets (files written or read) to paths and heredoc bodies to code; return the rest."""
-    rest: list[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        i += 1
-        placeholder = _PLACEHOLDER.match(token)
-        if placeholder:
-            command.code.append(_body(bodies, placeholder))
-            continue
-        redirect = _REDIRECT.match(token) if not token.startswith("<<") else None  # <<< is a here-string
-        if not redirect:
-            rest.append(token)
-            continue
-        target = redirect.group(3)
-        if not target and i < len(tokens):
-            target, i = tokens[i], i + 1
-        placeholder = _PLACEHOLDER.match(target or "")
-        if placeholder:
-            command.code.append(_body(bodies, placeholder))
-        elif target and not target.startswith("/dev/"):
+def _take_redirections(simple: SimpleCommand, command: Command) -> None:
+    """Redirect targets are paths (written by `>` / `>>`); heredoc bodies and here-strings are code."""
+    command.code.extend(simple.inputs)
+    for operator, target in simple.redirects:
+        if target and not target.startswith("/dev/"):
             command.paths.add(normalize_path(target))
-            if redirect.group(2) in (">", ">>"):
+            if operator in WRITE_REDIRECTS:
                 command.writes.add(normalize_path(target))
-    return rest
 
 
 def _python_args(args: list[str], command: Command) -> tuple[str, list[str]]:
@@ -377,10 +681,11 @@ def _classify(program: str, args: list[str], command: Command) -> None:
             command.words |= _word_tokens(a)
 
 
-def parse_command(tokens: list[str], bodies: list[str]) -> Command | None:
-    """Reduce one simple command's tokens (see the module docstring); None for an empty one."""
-    command = Command(program="", family="")
-    rest = _peel(_take_redirections(tokens, bodies, command))
+def parse_command(simple: SimpleCommand) -> Command | None:
+    """Reduce one simple command (see the module docstring); None for an empty one."""
+    command = Command(program="", family="", nested=simple.nested)
+    _take_redirections(simple, command)
+    rest = _peel(simple.argv)
     if not rest:
         if not (command.code or command.paths - {""}):
             return None
@@ -438,13 +743,14 @@ def _fold_line_ranges(commands: list[Command]) -> list[Command]:
 
 def parse_command_line(action: str) -> list[Command]:
     """The simple commands of a command line, in order (line-range filters folded into their viewer)."""
-    segments, bodies = _segments(action)
-    commands = [parse_command(tokens, bodies) for tokens in segments]
+    commands = [parse_command(simple) for simple in read_command_line(action)]
     return _fold_line_ranges([c for c in commands if c is not None])
 
 
 def main_command(commands: list[Command]) -> Command | None:
-    for c in commands:
+    """The first command that is not trivial, of those not inside a `$( )` where there are any."""
+    top = [c for c in commands if not c.nested] or commands
+    for c in top:
         if not c.trivial:
             return c
-    return commands[0] if commands else None
+    return top[0] if top else None
