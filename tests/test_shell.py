@@ -9,7 +9,8 @@ import sys
 import time
 
 from comem_cli.memory import quality
-from comem_cli.shell import main_command, parse_command_line, read_command_line
+from comem_cli.bash import read_command_line
+from comem_cli.shell import main_command, parse_command_line
 
 
 def programs(action: str) -> list[str]:
