@@ -82,12 +82,19 @@ def reports(images, tmp_path_factory):
         "no_fix": {iid: NO_FIX for iid in IDS},
         "odd": {BREAKS_P2P_ID: BREAKS_P2P, toolz["instance_id"]: bad},
     }
-    out = {}
-    for kind, patches in rounds.items():
+    def grade(kind: str) -> dict:  # the rounds are separate harness runs (one prediction per instance each), side by side
+        patches = rounds[kind]
         preds = {iid: {"instance_id": iid, "model_name_or_path": f"test-{kind}", "model_patch": p} for iid, p in patches.items()}
         got = harness_evaluate(INSTANCES, preds, tmp_path_factory.mktemp(kind), workers=2, timeout=300, label=kind)
         assert set(got) == set(patches)
-        out.update({(iid, kind): report for iid, report in got.items()})
+        return {(iid, kind): report for iid, report in got.items()}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = {}
+    with ThreadPoolExecutor(len(rounds)) as pool:
+        for got in pool.map(grade, rounds):
+            out.update(got)
     return out
 
 

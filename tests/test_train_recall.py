@@ -171,7 +171,9 @@ def test_sft_then_two_grpo_steps_with_the_recall_reward_write_a_checkpoint_and_t
 @pytest.mark.slow
 def test_a_two_step_run_on_twelve_real_runs_is_small(tiny, tmp_path):
     """The defaults of a new user's first run (--reward action with a policy endpoint): the held-out
-    evaluation is bounded (--eval-samples 8) and shown, the policy is called, and it ends in minutes."""
+    evaluation is bounded (--eval-samples 8) and shown, the policy is called, and it ends in minutes.
+    (Summaries capped at 128 tokens and prompts at 2,048: a random tiny model always writes to its cap,
+    and what is tested is how many summaries and calls each phase makes, not their lengths.)"""
     rollouts = tmp_path / "rollouts"
     rollouts.mkdir()
     for path in sorted((bundled_trajectories() / "mini-swe-agent").glob("*.traj.json.gz"))[:12]:
@@ -180,7 +182,7 @@ def test_a_two_step_run_on_twelve_real_runs_is_small(tiny, tmp_path):
     with ScriptedServer(lambda body: "THOUGHT: look.\n\n```bash\ncat src/app.py\n```") as policy:
         r = run_cli("train-memory", "--rollouts", str(rollouts), "--base-model", str(tiny), "--policy-model", "openai/policy",
                     "--policy-api-base", policy.url, "--steps", "2", "--group-size", "2", "--threads", "1",
-                    "--output", str(out), timeout=900)
+                    "--max-summary-tokens", "128", "--max-prompt-tokens", "2048", "--output", str(out), timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert policy.requests  # the policy acted (the held-out evaluation and both steps)
     report = json.loads((out / "train_report.json").read_text())
