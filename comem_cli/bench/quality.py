@@ -148,7 +148,8 @@ def measure(settings: QualitySettings, trajectories: list, *, progress=None) -> 
                     for n, cutoff in enumerate(spread(cutoffs(config, steps), settings.max_summaries)):
                         covered, later = steps[:cutoff], steps[cutoff:]
                         messages = summary_input(trajectory.task, covered, max_observation_chars=config.max_observation_chars,
-                                                 context=getattr(backend, "context", None), max_summary_tokens=cap)
+                                                 context=getattr(backend, "context", None), max_summary_tokens=cap,
+                                                 count_tokens=getattr(backend, "count_tokens", None))
                         start, ids, cut = time.time(), request_ids(f"{trajectory.id}-{n}", len(groups)), False
                         try:
                             text = write_summary(backend, messages, groups, cap, ids)

@@ -196,7 +196,8 @@ class MemoryContext:
             messages = summary_input(self.task, history, max_observation_chars=self.config.max_observation_chars,
                                      previous=earlier if self.config.incremental else None, fold=earlier,
                                      context=getattr(self.backend, "context", None),
-                                     max_summary_tokens=self.config.max_summary_tokens)
+                                     max_summary_tokens=self.config.max_summary_tokens,
+                                     count_tokens=getattr(self.backend, "count_tokens", None))
             text = write_summary(self.backend, messages, self.groups, self.config.max_summary_tokens,
                                  self._request_ids(job))
             error = None if looks_like_summary(text) else "garbage summary (too short or not text)"

@@ -13,9 +13,11 @@ so a trajectory with actions at steps T contributes sum over t in T of min(k, t 
 `max_history_tokens` caps the memory model's input: the OLDEST history steps are dropped until the
 serialized history fits (~4 characters per token; at least one step is kept), and the sample
 records `history_capped` and `history_start`. `max_prompt_tokens` bounds the whole prompt
-(instruction + task + history; the model's context minus the summary's length): a task too long
-for half of it is cut head + tail (`task_cut`), old steps are dropped as above, and a sample whose
-newest history step alone does not fit is left out; `report` counts all three.
+(instruction + task + history; the model's context minus the summary's length) the way the
+pipeline fits a request into the memory model's window (`transcript.fit_input`: observations cut,
+then the task and the replies, then old steps dropped; `task_cut`, `history_capped`): the sample
+keeps that very prompt. One that cannot fit (a bound below the instruction itself) is left out;
+`report` counts all three.
 
 `memory_input` is what the memory model reads (the instruction of prompts/memory_instruction.j2
 first, then the task, then one THOUGHT / ACTION / OBSERVATION block per step, long observations
@@ -26,6 +28,7 @@ block and the raw tail as chat turns, the view the agent itself would have sent.
 
 from __future__ import annotations
 
+import functools
 import random
 import statistics
 from collections import Counter
@@ -33,7 +36,8 @@ from typing import Callable, Iterable, Sequence
 
 from pydantic import BaseModel
 
-from comem_cli.memory.transcript import MAX_OBSERVATION_CHARS, cut_observation, memory_messages, step_block  # noqa: F401  (re-exported)
+from comem_cli.memory.transcript import (MAX_OBSERVATION_CHARS, cut_observation, fit_input, memory_messages,  # noqa: F401  (re-exported)
+                                         step_block, window_count)
 from comem_cli.trajectories import Step, Trajectory
 from comem_cli.views import build_view, estimate_tokens
 
@@ -56,6 +60,8 @@ class Sample(BaseModel):
     history_tokens: int = 0  # estimated tokens of the serialized history
     task_cut: bool = False  # the task was cut head + tail to fit max_prompt_tokens
     resolved: bool | None = None  # whether the trajectory's run resolved its task, when known
+    prompt: list[dict[str, str]] | None = None  # the memory model's input fitted to max_prompt_tokens (the pipeline's own)
+    observation_chars: int = MAX_OBSERVATION_CHARS  # how much of each observation the prompt shows (head + tail)
 
     @property
     def cutoff(self) -> int:
@@ -65,8 +71,16 @@ class Sample(BaseModel):
 
 def memory_input(sample: Sample, max_observation_chars: int = MAX_OBSERVATION_CHARS) -> list[dict[str, str]]:
     """The messages the memory model is sent for `sample`: exactly what the pipeline sends in a run."""
+    if sample.prompt is not None:
+        return sample.prompt
     return memory_messages(sample.task, sample.history, first_index=sample.history_start,
                            max_observation_chars=max_observation_chars)
+
+
+def shown_history(sample: Sample) -> list[Step]:
+    """The history steps as the memory model's prompt shows their observations (cut head + tail)."""
+    return [s.model_copy(update={"observation": cut_observation(s.observation, sample.observation_chars)})
+            for s in sample.history]
 
 
 def policy_view(sample: Sample, summary: str | None) -> list[dict[str, str]]:
@@ -138,51 +152,56 @@ def _trajectory_samples(trajectory: Trajectory, k: int, rng: random.Random, coun
         pairs = sorted(rng.sample(pairs, max_per_trajectory))
     if not pairs:
         return samples
-    task, budget = trajectory.task, max_history_tokens
     if max_prompt_tokens is not None:
-        task, overhead = fit_task(task, max_prompt_tokens // 2, count_tokens)
-        room = max_prompt_tokens - overhead
-        budget = room if budget is None else min(budget, room)
+        return _fitted_samples(trajectory, pairs, counts, max_prompt_tokens, max_history_tokens=max_history_tokens,
+                               max_observation_chars=max_observation_chars, count_tokens=count_tokens)
     tokens = [count_tokens(step_block(i, s, max_observation_chars)) + 1 for i, s in enumerate(trajectory.steps)]
     for t, lag in pairs:
         cutoff = t - lag
         start, total = 0, sum(tokens[:cutoff])
-        if budget is not None:
-            while total > budget and cutoff - start > 1:
+        if max_history_tokens is not None:
+            while total > max_history_tokens and cutoff - start > 1:
                 total -= tokens[start]
                 start += 1
-            if max_prompt_tokens is not None and total > budget:
-                counts["too_long"] += 1  # the newest history step alone does not fit: no sample
-                continue
-        counts["task_cut"] += task != trajectory.task
         counts["history_capped"] += start > 0
-        samples.append(Sample(
-            trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id, task=task,
-            system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
-            raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
-            later_actions=[s.action for s in trajectory.steps[cutoff:] if s.action],
-            history_start=start, history_capped=start > 0, history_tokens=total, resolved=trajectory.resolved,
-            task_cut=task != trajectory.task,
-        ))
+        samples.append(_sample(trajectory, t, lag, start, total))
     return samples
 
 
-def fit_task(task: str, limit: int, count_tokens: Callable[[str], int]) -> tuple[str, int]:
-    """(task, tokens of the memory model's prompt without any step): the task cut head + tail until
-    that prompt takes at most `limit` tokens (16 tokens per message are kept for the chat template)."""
+def _sample(trajectory: Trajectory, t: int, lag: int, start: int, tokens: int, **fields) -> Sample:
+    cutoff = t - lag
+    return Sample(trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id,
+                  **{"task": trajectory.task, **fields}, system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
+                  raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
+                  later_actions=[s.action for s in trajectory.steps[cutoff:] if s.action], history_start=start,
+                  history_capped=start > 0, history_tokens=tokens, resolved=trajectory.resolved)
 
-    def overhead(text: str) -> int:
-        return sum(count_tokens(m["content"]) + 16 for m in memory_messages(text, []))
 
-    used = overhead(task)
-    chars = len(task)
-    while used > limit and chars > 200:
-        chars = max(200, int(chars * min(0.9, limit / used)))
-        cut = cut_observation(task, chars)
-        used = overhead(cut)
-        if used <= limit:
-            return cut, used
-    return (task if chars == len(task) else cut_observation(task, chars)), used
+def _fitted_samples(trajectory: Trajectory, pairs: list[tuple[int, int]], counts: dict[str, int], max_prompt_tokens: int, *,
+                    max_history_tokens: int | None, max_observation_chars: int,
+                    count_tokens: Callable[[str], int]) -> list[Sample]:
+    """The samples of one trajectory whose prompt is the pipeline's own input fitted to
+    `max_prompt_tokens` (`transcript.fit_input`, counted as the pipeline counts against a model
+    whose tokenizer it knows: `transcript.window_count`); a prompt that cannot fit (a bound below
+    the instruction itself) is left out."""
+    count = window_count(max_prompt_tokens, functools.lru_cache(maxsize=256)(count_tokens))
+    budget = max_prompt_tokens
+    if max_history_tokens is not None:
+        budget = min(budget, max_history_tokens + count(memory_messages(trajectory.task, [])))
+    samples: list[Sample] = []
+    for t, lag in pairs:
+        fitted = fit_input(trajectory.task, trajectory.steps[:t - lag], budget, max_observation_chars=max_observation_chars,
+                           count=count)
+        used = count(fitted.messages)
+        if used > max_prompt_tokens:
+            counts["too_long"] += 1
+            continue
+        counts["task_cut"] += fitted.task_cut
+        counts["history_capped"] += fitted.first > 0
+        samples.append(_sample(trajectory, t, lag, fitted.first, used - count(memory_messages(fitted.task, [])),
+                               task=fitted.task, task_cut=fitted.task_cut, prompt=fitted.messages,
+                               observation_chars=fitted.observation_chars))
+    return samples
 
 
 def split_by_task(samples: Sequence[Sample], eval_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
