@@ -39,12 +39,12 @@ from comem_cli.views import estimate_tokens
 
 CAP_MARGIN = 1.25  # a summary may exceed --max-summary-tokens by this factor (token estimates differ by tokenizer)
 MIN_NAME = 4  # shorter words are not names
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s*|\*\*)\s*(.+?)\s*(?:\*\*)?\s*:?\s*$")
 _HEADINGS = {s.lower(): s for s in SECTIONS}
 
 
-def _name_like(word: str) -> bool:
+def name_like(word: str) -> bool:
     core = word.strip("_")
     return (len(core) >= MIN_NAME and not core.isdigit()
             and ("_" in core or bool(re.search(r"[a-z][A-Z]", core))))
@@ -67,9 +67,9 @@ def action_facts(action: str | None) -> set[str]:
             if "." in name.strip("."):  # a file, not a directory
                 facts.add(name)
             facts |= {part.split("[")[0] for part in test.split("::") if part}
-        facts |= {w for w in command.words if any(_name_like(s) for s in _spellings(w, action))}
+        facts |= {w for w in command.words if any(name_like(s) for s in _spellings(w, action))}
         for code in command.code:
-            facts |= {n for n in _IDENTIFIER.findall(code) if _name_like(n)}
+            facts |= {n for n in IDENTIFIER.findall(code) if name_like(n)}
     return facts
 
 

@@ -231,13 +231,13 @@ def sft_pairs(o: TrainSettings, train: list, train_trajectories: list, progress)
     """The SFT warm-up's (messages, summary) pairs: the extractive teacher, a teacher model, or the
     summaries recorded in comem runs."""
     from comem_cli.train.grpo import recall_samples
-    from comem_cli.train.samples import memory_input
+    from comem_cli.train.samples import memory_input, shown_history
     from comem_cli.train.sft import recorded_summaries, teacher_summaries
     from comem_cli.train.teacher import extractive_summary
 
     if o.teacher == EXTRACTIVE:
         budget = max(16, o.max_summary_tokens * 3 // 4)  # room left for a tokenizer that counts more than the estimate
-        return [(memory_input(s), extractive_summary(s.task, s.history, first_index=s.history_start, max_tokens=budget))
+        return [(memory_input(s), extractive_summary(s.task, shown_history(s), first_index=s.history_start, max_tokens=budget))
                 for s in recall_samples(train)]
     if o.teacher:
         task = progress.add_task("teacher summaries", total=len(train))

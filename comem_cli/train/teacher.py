@@ -4,8 +4,8 @@ rules, with no model, from the covered steps only (never from what the agent did
 A small base model (SmolLM2-135M) does not know the summary's shape: it rambles, repeats itself,
 and seldom copies a file name. The teacher shows it the shape with the facts in it: the five
 headings of `prompts/memory_instruction.j2`, the files and names the agent's commands used
-(read by `comem_cli.shell`, the reader `memory/quality.py` scores with), what each command
-returned, the test runs. GRPO with `--reward recall` then improves on it.
+(read by `comem_cli.shell`, the reader `memory/quality.py` scores with), the names the replies
+and outputs mentioned, what each command returned, the test runs. GRPO with `--reward recall` then improves on it.
 
 Bounded: at most `max_tokens` (estimated, `views.estimate_tokens`); when the steps hold more,
 older actions and test runs go first, the files the commands named are kept longest. A summary never
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from comem_cli.memory.quality import action_facts, artifacts, covered_tokens
+from comem_cli.memory.quality import IDENTIFIER, action_facts, artifacts, covered_tokens, name_like
 from comem_cli.memory.transcript import SECTIONS, StepLike
 from comem_cli.shell import main_command, parse_command_line
 from comem_cli.views import estimate_tokens
@@ -27,7 +27,7 @@ __all__ = ["extractive_summary"]
 TASK_CHARS = 300
 LINE_CHARS = 90
 MAX_NAMES = 20
-MAX_SEEN = 12
+MAX_SEEN = 16
 _TASK_BODY = re.compile(r"<pr_description>\s*(?:Consider the following PR description:\s*)?(.*?)</pr_description>", re.S)
 _RETURN_CODE = re.compile(r"<returncode>(-?\d+)</returncode>")
 _OUTPUT = re.compile(r"<output>\s*(.*?)\s*(?:</output>|$)", re.S)
@@ -91,8 +91,9 @@ _OUTPUT_NAME = re.compile(r"\b(?:def|class)\s+([A-Za-z_]\w*)")
 
 
 def _seen(steps: Sequence[StepLike], known: set[str]) -> list[str]:
-    """Files the outputs listed and functions / classes they showed, newest first (the agent often
-    goes on to open what a search found), without those the commands already named."""
+    """Files the outputs listed, functions / classes they showed and names (as `quality` reads them)
+    the replies and outputs mentioned, newest first (the agent often goes on to open what a search
+    found, or to use what it reasoned about), without those the commands already named."""
     found: dict[str, None] = {}
     for step in reversed(steps):
         text = step.observation
@@ -100,6 +101,9 @@ def _seen(steps: Sequence[StepLike], known: set[str]) -> list[str]:
             found.setdefault(re.sub(r"^\./", "", match.group(1)), None)
         for match in _OUTPUT_NAME.finditer(text):
             found.setdefault(match.group(1), None)
+        for name in IDENTIFIER.findall(f"{step.response}\n{text}"):
+            if name_like(name):
+                found.setdefault(name, None)
     return [f for f in found if f.rsplit("/", 1)[-1] not in known and f not in known][:MAX_SEEN]
 
 
