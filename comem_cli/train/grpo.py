@@ -53,6 +53,7 @@ from comem_cli.rollouts import atomic_write_bytes, atomic_write_json
 from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
+    bf16_compute,
     cleanup_tmp,
     eos_ids,
     load_for_training,
@@ -504,13 +505,12 @@ def _trainer(model: Any, tokenizer: Any, dataset: Any, reward: Callable, config:
              peft_config: Any, on_log: Callable[[dict], None] | None) -> Any:
     """trl's GRPOTrainer with comem's fixed settings (constant lr, no warm-up, saves every save_steps,
     no reports, CPU or CUDA) over `config`, reporting each logged step to `on_log`."""
-    import torch
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     settings = dict(
         lr_scheduler_type="constant", warmup_steps=0, save_strategy="steps", report_to="none", use_cpu=not cuda,
-        bf16=bool(cuda and model.dtype == torch.bfloat16), fp16=False, gradient_checkpointing=False,
+        bf16=bf16_compute(model, cuda), fp16=False, gradient_checkpointing=False,
         remove_unused_columns=False, dataloader_num_workers=0, use_vllm=bool(use_vllm), log_completions=False,
     )
     settings.update(config)
