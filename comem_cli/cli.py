@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -269,27 +269,27 @@ def main() -> None:
         print("comem: aborted", file=sys.stderr)
         sys.exit(1)
     except SystemExit as e:
-        if e.code == EXIT_CODES["interrupted"]:
-            default_on_signals()
-            print("comem: interrupted", file=sys.stderr)
-        raise
+        _exit(e.code)
     except UserError as e:
         print(f"comem: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a signal before typer ran the command
-        default_on_signals()
-        print("comem: interrupted", file=sys.stderr)
-        sys.exit(EXIT_CODES["interrupted"])
+        _exit(EXIT_CODES["interrupted"])
     except Exception as e:  # a bug: one line for the user, the traceback in a file for the report
         log = _write_traceback()
         where = f"traceback in {log}" if log else "no traceback file could be written"
         first = " ".join(str(e).split())[:300]
         print(f"comem: internal error: {type(e).__name__}: {first} ({where})", file=sys.stderr)
         sys.exit(1)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code) -> NoReturn:
+    """Exit with `code`; an interrupt's (130) says so first, with the signals' default actions back."""
     if code == EXIT_CODES["interrupted"]:
         default_on_signals()
         print("comem: interrupted", file=sys.stderr)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)
 
 
 def _write_traceback() -> Path | None:
