@@ -168,10 +168,12 @@ def _trajectory_samples(trajectory: Trajectory, k: int, rng: random.Random, coun
     return samples
 
 
-def _sample(trajectory: Trajectory, t: int, lag: int, start: int, tokens: int, **fields) -> Sample:
+def _sample(trajectory: Trajectory, t: int, lag: int, start: int, tokens: int, task: str | None = None,
+            **fields) -> Sample:
+    """The sample (t, lag) of `trajectory`, its history from step `start`; `task` as its prompt shows it."""
     cutoff = t - lag
     return Sample(trajectory_id=trajectory.id, task_id=trajectory.task_id or trajectory.id,
-                  **{"task": trajectory.task, **fields}, system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
+                  task=trajectory.task if task is None else task, **fields, system=trajectory.system, t=t, lag=lag, history=trajectory.steps[start:cutoff],
                   raw_tail=trajectory.steps[cutoff:t], target_action=trajectory.steps[t].action,
                   later_actions=[s.action for s in trajectory.steps[cutoff:] if s.action], history_start=start,
                   history_capped=start > 0, history_tokens=tokens, resolved=trajectory.resolved)
