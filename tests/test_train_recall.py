@@ -27,7 +27,7 @@ import pytest
 from comem_cli.memory import quality
 from comem_cli.replay_server import ScriptedServer
 from comem_cli.resources import bundled_trajectories
-from comem_cli.train.teacher import extractive_summary
+from comem_cli.train.teacher import MAX_NAMES, extractive_summary
 from comem_cli.trajectories import Step
 from tests.conftest import run_cli
 
@@ -82,6 +82,15 @@ def test_the_extractive_teacher_names_what_the_agent_used_in_five_sections():
     assert quality.check(summary, COVERED, LATER, max_summary_tokens=256).verdict == "passed"
     short = extractive_summary("Fix median.", COVERED, max_tokens=60)
     assert quality.estimate_tokens(short) <= 60 and "calc.py" in short  # files are kept longest
+
+
+def test_the_teacher_lists_few_names_in_the_order_the_command_wrote_them():
+    names = [f"zeta_{i}" if i % 2 else f"alpha_{i}" for i in range(12)]  # sorted would put every alpha first
+    action = f"python -c 'from calc import {', '.join(names)}'"
+    step = Step(response="", action=action, observation="<returncode>0</returncode>\n<output>\n" + "ok\n" * 200 + "</output>")
+    summary = extractive_summary("Fix it.", [step], max_tokens=256)
+    listed = summary.split("- names used: ")[1].splitlines()[0].split(", ")
+    assert listed == names[-MAX_NAMES:]  # the newest few, as written: a list the model copies as it reads
 
 
 # ------------------------------------------------------------------------------------ through the CLI

@@ -26,8 +26,11 @@ __all__ = ["extractive_summary"]
 
 TASK_CHARS = 300
 LINE_CHARS = 90
-MAX_NAMES = 20
-MAX_SEEN = 16
+# Short lists: over the held-out cut-offs of the bundled runs, 8 names and 8 seen cost the teacher
+# ~0.01 of forward recall against 20 and 16 (the summary fills with actions instead), and a small
+# model that learned long lists goes on inventing names once it runs out of ones it can copy.
+MAX_NAMES = 8
+MAX_SEEN = 8
 _TASK_BODY = re.compile(r"<pr_description>\s*(?:Consider the following PR description:\s*)?(.*?)</pr_description>", re.S)
 _RETURN_CODE = re.compile(r"<returncode>(-?\d+)</returncode>")
 _OUTPUT = re.compile(r"<output>\s*(.*?)\s*(?:</output>|$)", re.S)
@@ -77,10 +80,12 @@ def _files(steps: Sequence[StepLike]) -> list[str]:
 
 
 def _names(steps: Sequence[StepLike]) -> list[str]:
-    """The functions, classes and tests the commands used (not file names), in first-use order."""
+    """The functions, classes and tests the commands used (not file names), in first-use order, each
+    command's in the order its text names them (a list the model can copy as it reads)."""
     seen: dict[str, None] = {}
     for step in steps:
-        for fact in sorted(action_facts(step.action)):
+        action = step.action or ""
+        for fact in sorted(action_facts(action), key=lambda fact: (action.find(fact) if fact in action else len(action), fact)):
             if "." not in fact:
                 seen.setdefault(fact, None)
     return list(seen)
