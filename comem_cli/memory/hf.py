@@ -6,7 +6,7 @@ from the memory thread pool: requests wait their turn (first come, first served)
 at a time. ``cancel(request_id)`` takes a waiting request out of the queue at once, and stops a
 generating one at its next token (a StoppingCriteria that watches the cancelled set); either way
 its ``summarize()`` raises :class:`Cancelled`. Decoding is greedy, and a reply never repeats an
-8-token sequence of its own (:class:`NoRepeatInReply`).
+8-token sequence of its own (`memory.repeats`, applied by :class:`NoRepeatInReply`).
 
 Importing this module is instant: torch and transformers are imported when a backend is built.
 """
@@ -28,6 +28,7 @@ _KEEP = 4096  # how many usage records / cancelled ids are remembered
 
 from comem_cli.devices import cuda_available  # noqa: E402
 from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
+from comem_cli.memory.repeats import REPLY_NGRAM, ReplyRepeats  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- loading
@@ -112,35 +113,24 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]], *, add_generation_p
     return list(out)
 
 
-REPLY_NGRAM = 8  # a reply never repeats one of its own 8-token sequences (NoRepeatInReply)
-
-
 class NoRepeatInReply:
-    """A logits processor for `generate()`: no row's reply repeats an `n`-token sequence of its own.
-
-    Small models loop inside a list ("qop_int, qop_int, ...") until the token cap and never write the
-    sections after it. Unlike transformers' `no_repeat_ngram_size`, which counts the prompt too, the
-    reply may still copy any name, path or line from the transcript: only the tokens after
-    `prompt_len` (the width of the left-padded prompt batch) are looked at."""
+    """A logits processor for `generate()`: no row's reply repeats an `n`-token sequence of its own
+    (`memory.repeats`); the reply is what follows `prompt_len` (the width of the left-padded prompt
+    batch), so the prompt may still be copied."""
 
     def __init__(self, prompt_len: int, n: int = REPLY_NGRAM):
-        if n < 2:
-            raise ValueError(f"NoRepeatInReply: n must be at least 2, got {n}")
+        ReplyRepeats(n)  # checks n
         self.prompt_len, self.n = prompt_len, n
-        self._next: list[dict[tuple[int, ...], set[int]]] = []  # per row: (n-1 tokens) -> tokens that followed
-        self._indexed = 0  # reply length already indexed
+        self._rows: list[ReplyRepeats] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        n, rows = self.n, input_ids[:, self.prompt_len:].tolist()
-        if not self._next:
-            self._next = [{} for _ in rows]
-        for i, (row, follows) in enumerate(zip(rows, self._next)):
-            for end in range(max(n, self._indexed + 1), len(row) + 1):
-                follows.setdefault(tuple(row[end - n:end - 1]), set()).add(row[end - 1])
-            banned = follows.get(tuple(row[len(row) - n + 1:])) if len(row) >= n - 1 else None
+        replies = input_ids[:, self.prompt_len:].tolist()
+        if not self._rows:
+            self._rows = [ReplyRepeats(self.n) for _ in replies]
+        for i, (reply, repeats) in enumerate(zip(replies, self._rows)):
+            banned = repeats.banned(reply)
             if banned:
                 scores[i, list(banned)] = float("-inf")
-        self._indexed = len(rows[0]) if rows else 0
         return scores
 
 

@@ -42,6 +42,7 @@ _DEFAULT_CPU_KV_BYTES = 2 * 1024**3
 
 from comem_cli.devices import cuda_available  # noqa: E402
 from comem_cli.memory.base import Cancelled, admit, generation_limit  # noqa: E402  (shared by every backend)
+from comem_cli.memory.repeats import REPLY_NGRAM  # noqa: E402
 
 
 class VLLMBackend:
@@ -61,6 +62,9 @@ class VLLMBackend:
         start-up drops from minutes to under a minute).
     temperature, seed:
         Sampling defaults for every summary (greedy by default: summaries are reproducible).
+    no_repeat:
+        A reply never repeats an n-token sequence of its own (``memory.repeats``, applied in the
+        engine by ``memory.vllm_guard``, as the transformers backend decodes); 0 turns it off.
     engine_kwargs:
         Passed to ``vllm.AsyncEngineArgs`` (e.g. ``dtype="float32"``, ``max_num_seqs=8``,
         ``kv_cache_memory_bytes=...``, ``tokenizer=...``). On CPU, when neither
@@ -82,9 +86,11 @@ class VLLMBackend:
         enforce_eager: bool | None = None,
         temperature: float = 0.0,
         seed: int = 0,
+        no_repeat: int = REPLY_NGRAM,
         **engine_kwargs: Any,
     ) -> None:
         self.model = str(model)
+        self.no_repeat = int(no_repeat)  # a reply never repeats a sequence this long of its own (0: off)
         self.max_model_len = int(max_model_len)
         self.context = self.max_model_len  # the window requests are fitted to (memory/base.py)
         self.temperature = float(temperature)
@@ -136,6 +142,9 @@ class VLLMBackend:
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 kwargs["kv_cache_memory_bytes"] = _DEFAULT_CPU_KV_BYTES
         kwargs.update(engine_kwargs)
+        from comem_cli.memory.vllm_guard import QUALNAME
+
+        kwargs["logits_processors"] = [QUALNAME, *engine_kwargs.get("logits_processors", [])]
         return kwargs
 
     def _run_loop(self) -> None:
@@ -314,6 +323,8 @@ class VLLMBackend:
     async def _generate(self, prompt_ids: list[int], max_tokens: int, request_id: str) -> str:
         from vllm import SamplingParams
 
+        from comem_cli.memory.vllm_guard import EXTRA_ARG as NO_REPEAT
+
         try:
             from vllm.inputs import TokensPrompt
 
@@ -326,6 +337,7 @@ class VLLMBackend:
             temperature=self.temperature,
             seed=self.seed,
             skip_special_tokens=True,
+            extra_args={NO_REPEAT: self.no_repeat} if self.no_repeat else None,
         )
         with self._lock:
             if request_id in self._cancelled:

@@ -9,12 +9,14 @@ Importable from any environment (no vllm / torch import at module level):
   127.0.0.1, waited for on `/health` (or :func:`launch_vllm_server` then
   :func:`wait_for_vllm_server`, to do other work while it starts): the product's launcher
   (comem_cli/latency/engines.py) with a small CPU test configuration.
-* :func:`run_engine_check` - the in-process `VLLMBackend` checks, in a `.venv-vllm` child.
+* :func:`run_engine_check` - the in-process `VLLMBackend` checks (or the no-repeat rule's), in a
+  `.venv-vllm` child.
 
 Run as a module inside `.venv-vllm` (``PYTHONPATH=<repo>``)::
 
     python -m comem_cli.testing.vllm_check build DIR     # writes the tiny model, prints JSON
     python -m comem_cli.testing.vllm_check engine DIR    # in-process VLLMBackend checks, prints JSON
+    python -m comem_cli.testing.vllm_check repeats DIR   # the no-repeat rule in the engine, prints JSON
 
 The last line on stdout is the JSON result.
 """
@@ -76,13 +78,15 @@ def build_tiny_model_in_vllm_venv(path: str | Path, seed: int = 0, timeout: floa
     return Path(path)
 
 
-def run_engine_check(model_dir: str | Path, *, timeout: float = 480) -> dict:
-    """Run :func:`check_engine` in `.venv-vllm` (callable from the main venv); returns its report.
-    The child's full output is kept in ``report["log_path"]``."""
+def run_engine_check(model_dir: str | Path, *, check: str = "engine", log_dir: str | Path | None = None,
+                     timeout: float = 480) -> dict:
+    """Run :func:`check_engine` (or `check="repeats"`: :func:`check_repeats`) in `.venv-vllm`
+    (callable from the main venv); returns its report. The child's full output is kept in
+    ``report["log_path"]`` (beside the model, or in `log_dir`)."""
     py = _python()
-    log_path = Path(str(model_dir).rstrip("/") + ".engine.log")
+    log_path = (Path(log_dir) / f"{check}.log") if log_dir else Path(str(model_dir).rstrip("/") + f".{check}.log")
     proc = subprocess.run(
-        [py, "-m", "comem_cli.testing.vllm_check", "engine", str(model_dir)],
+        [py, "-m", "comem_cli.testing.vllm_check", check, str(model_dir)],
         env=_env(py), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
     )
     log_path.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
@@ -222,6 +226,30 @@ def check_engine(model_dir: str | Path) -> dict:
     return report
 
 
+def check_repeats(model_dir: str | Path, max_tokens: int = 48) -> dict:
+    """The no-repeat rule in the engine: a list prompt decoded greedily without the rule and with it
+    (one engine; the rule is asked for per request). Returns the replies and how many of their
+    `REPLY_NGRAM`-token sequences occurred earlier in them."""
+    from comem_cli.memory.repeats import REPLY_NGRAM
+    from comem_cli.memory.vllm_engine import VLLMBackend
+
+    backend = VLLMBackend(str(model_dir), max_model_len=TEST_MAX_MODEL_LEN, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES,
+                          dtype="float32", max_num_seqs=2)
+    messages = [{"role": "user", "content": "Continue this list: qop_int, qop_int, qop_int, qop_int"}]
+    report: dict = {}
+    try:
+        for name, n in (("loose", 0), ("guarded", REPLY_NGRAM)):
+            backend.no_repeat = n
+            text = backend.summarize(messages, max_tokens=max_tokens, request_id=name)
+            ids = backend._tokenizer.encode(text, add_special_tokens=False)
+            grams = [tuple(ids[i:i + REPLY_NGRAM]) for i in range(len(ids) - REPLY_NGRAM + 1)]
+            report[name] = {"text": text, "repeats": len(grams) - len(set(grams)),
+                            "completion_tokens": (backend.usage(name) or {}).get("completion_tokens")}
+    finally:
+        backend.close()
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m comem_cli.testing.vllm_check")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -230,10 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("engine", help="in-process VLLMBackend checks on the model in DIR")
     e.add_argument("dir")
+    r = sub.add_parser("repeats", help="the no-repeat rule in the engine, on the model in DIR")
+    r.add_argument("dir")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     if args.cmd == "build":
         out = {"dir": str(build_tiny_model(args.dir, seed=args.seed))}
+    elif args.cmd == "repeats":
+        out = check_repeats(args.dir)
     else:
         out = check_engine(args.dir)
     out["wall_s"] = round(time.monotonic() - t0, 2)
