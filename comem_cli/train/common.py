@@ -60,6 +60,19 @@ def load_for_training(base_model: str | os.PathLike[str]) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def no_activation_checkpointing(config_class: Any) -> dict[str, bool]:
+    """The trainer-config setting that turns activation checkpointing off (trl turns it on by default:
+    a third more compute, for memory these models do not need), under the name this transformers
+    takes (it renamed `gradient_checkpointing`, and the old name warns on every run). trl's own use of
+    the old property name warns too; that warning is silenced here."""
+    import dataclasses
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+
+
 def bf16_compute(model: Any, cuda: bool) -> bool:
     """Whether training computes in bfloat16 (the trainer's `bf16`): a CUDA model loaded in bfloat16,
     or a float32 model on a CPU with native bfloat16 (AMX or AVX512-BF16, which oneDNN uses: SmolLM2's

@@ -54,6 +54,7 @@ from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
     bf16_compute,
+    no_activation_checkpointing,
     cleanup_tmp,
     eos_ids,
     load_for_training,
@@ -513,7 +514,7 @@ def _trainer(model: Any, tokenizer: Any, dataset: Any, reward: Callable, config:
 
     settings = dict(
         lr_scheduler_type="constant", warmup_steps=0, save_strategy="steps", report_to="none", use_cpu=not cuda,
-        bf16=bf16_compute(model, cuda), fp16=False, gradient_checkpointing=False,
+        bf16=bf16_compute(model, cuda), fp16=False, **no_activation_checkpointing(GRPOConfig),
         remove_unused_columns=False, dataloader_num_workers=0, use_vllm=bool(use_vllm), log_completions=False,
     )
     settings.update(config)

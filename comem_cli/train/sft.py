@@ -35,6 +35,7 @@ from comem_cli.train.common import (
     CHECKPOINTS,
     FINAL,
     bf16_compute,
+    no_activation_checkpointing,
     cleanup_tmp,
     load_for_training,
     lora_config,
@@ -224,7 +225,7 @@ def _train_sft(pairs, s: SFTSettings, *, base_model, output_dir, eval_pairs, on_
         per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum, max_length=None,
         completion_only_loss=True, logging_steps=1, save_strategy="steps", save_steps=max(1, s.save_every),
         save_total_limit=s.keep_checkpoints, seed=s.seed, data_seed=s.seed, report_to="none", use_cpu=not cuda,
-        bf16=bf16_compute(model, cuda), fp16=False, gradient_checkpointing=False,
+        bf16=bf16_compute(model, cuda), fp16=False, **no_activation_checkpointing(SFTConfig),
         disable_tqdm=not progress_bar, dataloader_num_workers=0, dataset_num_proc=None, shuffle_dataset=True,
     )
     config_kwargs.update(extra_config or {})
