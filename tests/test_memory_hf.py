@@ -16,7 +16,7 @@ pytest.importorskip("torch", reason="the transformers memory backend needs torch
 pytest.importorskip("transformers", reason="the transformers memory backend needs transformers")
 
 from comem_cli.memory.hf import Cancelled, NoRepeatInReply, TransformersBackend  # noqa: E402
-from comem_cli.memory.repeats import REPLY_NGRAM  # noqa: E402
+from comem_cli.memory.repeats import repeated_ngrams  # noqa: E402
 from comem_cli.testing.tiny_models import CHAT_TEMPLATE, build_tiny_causal_lm, smollm2_dir  # noqa: E402
 
 TRANSCRIPT = [
@@ -112,12 +112,6 @@ def _greedy(model, tok, ids: list[int], n: int, *, guard: bool) -> list[int]:
                              max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id,
                              logits_processor=LogitsProcessorList([NoRepeatInReply(len(ids))] if guard else []))
     return out[0, len(ids):].tolist()
-
-
-def _repeats(ids: list[int], n: int) -> int:
-    """How many n-token sequences of `ids` occurred earlier in `ids`."""
-    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
-    return len(grams) - len(set(grams))
 
 
 def test_no_repeat_in_reply_bans_only_what_would_repeat_the_reply():
@@ -294,7 +288,7 @@ def test_smollm2_does_not_loop_in_a_list():
         reply = b.summarize(messages, max_tokens=48, request_id="list")
     finally:
         b.close()
-    assert _repeats(loose, REPLY_NGRAM) > 10
-    assert _repeats(guarded, REPLY_NGRAM) == 0
+    assert repeated_ngrams(loose) > 10
+    assert repeated_ngrams(guarded) == 0
     assert "qop_int" in reply  # copying from the prompt stays allowed
     assert reply == b._tokenizer.decode(guarded, skip_special_tokens=True)

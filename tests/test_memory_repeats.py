@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from comem_cli.memory.repeats import ReplyRepeats
+from comem_cli.memory.repeats import ReplyRepeats, repeated_ngrams
 
 
 def _by_definition(reply: list[int], n: int) -> set[int]:
     """The tokens t for which reply + [t] ends with an n-token sequence that occurred earlier in it."""
-    tail = reply[len(reply) - n + 1:] if n > 1 else []
     if len(reply) < n - 1:
         return set()
+    tail = reply[len(reply) - n + 1:]
     return {reply[i + n - 1] for i in range(len(reply) - n + 1) if reply[i:i + n - 1] == tail}
 
 
@@ -32,3 +32,8 @@ def test_a_list_that_loops_is_stopped_and_a_new_item_is_not():
     assert repeats.banned([a, comma, b, comma, a, comma]) == {b}  # "a , b" again: the loop; any other item may come
     with pytest.raises(ValueError):
         ReplyRepeats(1)
+
+
+def test_repeated_ngrams_counts_sequences_seen_before():
+    assert repeated_ngrams([1, 2, 1, 2, 1], 2) == 2  # "1 2" and "2 1" come back once each
+    assert repeated_ngrams([1, 2, 3, 4], 2) == 0 and repeated_ngrams([1], 2) == 0

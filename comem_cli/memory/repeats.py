@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["REPLY_NGRAM", "ReplyRepeats"]
+__all__ = ["REPLY_NGRAM", "ReplyRepeats", "repeated_ngrams"]
 
 REPLY_NGRAM = 8  # long enough for the headings' and list items' own patterns ("\n- step 12: `")
 
@@ -35,3 +35,10 @@ class ReplyRepeats:
         if len(reply) < n - 1:
             return set()
         return self._follows.get(tuple(reply[len(reply) - n + 1:]), set())
+
+
+def repeated_ngrams(tokens: Sequence[int], n: int = REPLY_NGRAM) -> int:
+    """How many n-token sequences of `tokens` occurred earlier in them (0 for a reply decoded under
+    the rule)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams))

@@ -230,7 +230,7 @@ def check_repeats(model_dir: str | Path, max_tokens: int = 48) -> dict:
     """The no-repeat rule in the engine: a list prompt decoded greedily without the rule and with it
     (one engine; the rule is asked for per request). Returns the replies and how many of their
     `REPLY_NGRAM`-token sequences occurred earlier in them."""
-    from comem_cli.memory.repeats import REPLY_NGRAM
+    from comem_cli.memory.repeats import REPLY_NGRAM, repeated_ngrams
     from comem_cli.memory.vllm_engine import VLLMBackend
 
     backend = VLLMBackend(str(model_dir), max_model_len=TEST_MAX_MODEL_LEN, kv_cache_memory_bytes=TEST_KV_CACHE_BYTES,
@@ -242,8 +242,7 @@ def check_repeats(model_dir: str | Path, max_tokens: int = 48) -> dict:
             backend.no_repeat = n
             text = backend.summarize(messages, max_tokens=max_tokens, request_id=name)
             ids = backend._tokenizer.encode(text, add_special_tokens=False)
-            grams = [tuple(ids[i:i + REPLY_NGRAM]) for i in range(len(ids) - REPLY_NGRAM + 1)]
-            report[name] = {"text": text, "repeats": len(grams) - len(set(grams)),
+            report[name] = {"text": text, "repeats": repeated_ngrams(ids),
                             "completion_tokens": (backend.usage(name) or {}).get("completion_tokens")}
     finally:
         backend.close()
